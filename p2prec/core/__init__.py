@@ -1,0 +1,1 @@
+"""Pure protocol logic: no I/O, no clock, no global randomness (DESIGN.md section 3)."""

@@ -1,0 +1,1 @@
+"""Parameter storage and scoring with numpy (never torch)."""

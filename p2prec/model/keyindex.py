@@ -1,0 +1,156 @@
+"""A vectorised open-addressing hash map from int64 ids to int64 slots.
+
+Keys are arbitrary int64 ids (no sentinel value is reserved). A key, once inserted, keeps its
+position for the life of the map (until it grows); its value may be set to ``ABSENT`` to say the
+row is gone (rolled back) without deleting the key, so no tombstones are needed. Lookups and
+inserts probe all keys of a batch together, one numpy round per probe step (linear probing,
+load factor at most one half).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from p2prec.model.keyhash import mix64
+
+I64 = npt.NDArray[np.int64]
+
+EMPTY = -2  # no key at this position
+ABSENT = -1  # key known, no row (value of a found key may be ABSENT)
+_TAG_BASE = -3  # transient tags written by the duplicate check lie below EMPTY
+_LOAD_MAX = 0.5
+
+
+class DuplicateKeys(ValueError):
+    """A batch named the same key twice."""
+
+
+class KeyIndex:
+    """int64 key -> int64 value (a slot, or ABSENT); positions are stable between growths."""
+
+    def __init__(self, capacity_hint: int = 1024) -> None:
+        capacity = 1 << max(4, int(np.ceil(np.log2(max(2 * capacity_hint, 16)))))
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        # Keys and values interleaved: a probe reads one cache line, not two.
+        pairs = np.full((capacity, 2), EMPTY, dtype=np.int64)
+        self._keys: I64 = pairs[:, 0]
+        self._vals: I64 = pairs[:, 1]
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def capacity(self) -> int:
+        return int(self._keys.size)
+
+    def _home(self, keys: I64) -> I64:
+        mask = np.uint64(self.capacity - 1)
+        return (mix64(keys.view(np.uint64)) & mask).astype(np.int64)
+
+    def find(self, keys: I64) -> I64:
+        """Positions of ``keys`` (-1 where the key was never inserted)."""
+        mask = self.capacity - 1
+        result = np.full(keys.size, -1, dtype=np.int64)
+        pending = np.arange(keys.size)
+        pos = self._home(keys)
+        while pending.size:
+            p = pos[pending]
+            vals = self._vals[p]
+            empty = vals == EMPTY
+            hit = ~empty & (self._keys[p] == keys[pending])
+            result[pending[hit]] = p[hit]
+            more = ~(empty | hit)
+            pending = pending[more]
+            pos[pending] = (p[more] + 1) & mask
+        return result
+
+    def insert_new(self, keys: I64) -> I64:
+        """Insert ``keys`` (none present) with value ABSENT; returns their positions.
+
+        May grow the map, which moves every key: positions found before are then stale.
+        Raises ``DuplicateKeys`` if a key occurs twice in ``keys``; the map then holds the
+        keys inserted so far as ABSENT, which changes no content."""
+        self._reserve(self._count + keys.size)
+        mask = self.capacity - 1
+        result = np.empty(keys.size, dtype=np.int64)
+        pending = np.arange(keys.size)
+        pos = self._home(keys)
+        while pending.size:
+            p = pos[pending]
+            free = np.flatnonzero(self._vals[p] == EMPTY)
+            won = free[self._claim(p[free])]
+            self._keys[p[won]] = keys[pending[won]]
+            self._vals[p[won]] = ABSENT
+            self._count += won.size
+            result[pending[won]] = p[won]
+            lost = np.ones(pending.size, dtype=bool)
+            lost[won] = False
+            pending = pending[lost]
+            if (self._keys[p[lost]] == keys[pending]).any():  # lost to its own twin
+                raise DuplicateKeys("a new key occurs twice in one batch")
+            pos[pending] = (p[lost] + 1) & mask
+        return result
+
+    def _claim(self, positions: I64) -> npt.NDArray[np.bool_]:
+        """Which of several candidates for empty ``positions`` win them: each writes its tag,
+        the last writer of a position wins (no sort needed)."""
+        tags = _TAG_BASE - np.arange(positions.size, dtype=np.int64)
+        self._vals[positions] = tags
+        return np.asarray(self._vals[positions] == tags)
+
+    def find_or_insert(self, keys: I64) -> I64:
+        """Positions of ``keys``, inserting (as ABSENT) those never seen.
+
+        Raises ``DuplicateKeys`` if a key occurs twice; no value has changed then."""
+        self._reserve(self._count + keys.size)  # growth moves positions: grow before finding
+        pos = self.find(keys)
+        missing = pos < 0
+        self._check_found_unique(pos[~missing])
+        if missing.any():
+            pos[missing] = self.insert_new(keys[missing])
+        return pos
+
+    def _check_found_unique(self, positions: I64) -> None:
+        """Tag each position with its batch index, read the tags back, restore the values: a
+        repeated position keeps only its last tag. The values are hot in cache after find()."""
+        saved = self._vals[positions]
+        tags = _TAG_BASE - np.arange(positions.size, dtype=np.int64)
+        self._vals[positions] = tags
+        repeated = not np.array_equal(self._vals[positions], tags)
+        self._vals[positions] = saved
+        if repeated:
+            raise DuplicateKeys("a key occurs twice in one batch")
+
+    def values(self, positions: I64) -> I64:
+        return self._vals[positions]
+
+    def set_values(self, positions: I64, values: I64) -> None:
+        self._vals[positions] = values
+
+    def lookup(self, keys: I64) -> I64:
+        """Values for ``keys``: a slot, or ABSENT where the key has no row."""
+        pos = self.find(keys)
+        out = np.full(keys.size, ABSENT, dtype=np.int64)
+        found = pos >= 0
+        out[found] = self._vals[pos[found]]
+        return out
+
+    def items(self) -> tuple[I64, I64]:
+        """All (key, value) pairs whose value is a slot (not ABSENT)."""
+        live = self._vals >= 0
+        return self._keys[live], self._vals[live]
+
+    def _reserve(self, count: int) -> None:
+        if count <= self.capacity * _LOAD_MAX:
+            return
+        keys = self._keys[self._vals != EMPTY]
+        vals = self._vals[self._vals != EMPTY]
+        capacity = self.capacity
+        while count > capacity * _LOAD_MAX:
+            capacity *= 2
+        self._allocate(capacity)
+        self.set_values(self.insert_new(keys), vals)

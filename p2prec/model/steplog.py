@@ -1,0 +1,163 @@
+"""The bounded history of shard steps: undo information and change history.
+
+Every shard step (one delta applied to one shard) leaves a ``StepRecord``. While it holds undo
+information, the step can be rolled back by a pointer swap (see ``table.py``); once validated,
+or when the undo budget is spent, its undo information is released. The record then stays as
+change history (which keys changed at which version, for incremental catch-up) until the history
+budget is spent. Both budgets are counted in rows, and released oldest first.
+
+``undo_floor[s]``: the oldest version shard ``s`` can be rolled back to.
+``history_floor[s]``: the oldest version from which ``records_since`` can answer for shard ``s``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)
+class DenseValue:
+    """A dense tensor with the version that wrote it."""
+
+    array: npt.NDArray[np.floating]
+    version: int
+
+
+@dataclass(eq=False)
+class StepRecord:
+    """What one step changed in one shard."""
+
+    shard: int
+    base: int  # packed version of the shard before the step
+    version: int  # packed version after it
+    keys: dict[str, I64]  # per table: keys written (change history)
+    slots: dict[str, I64]  # per table: slots written (undo, while has_undo)
+    dense_prev: dict[str, DenseValue | None] = field(default_factory=dict)
+    dense_names: tuple[str, ...] = ()
+    has_undo: bool = True
+
+    @property
+    def rows(self) -> int:
+        return sum(int(k.size) for k in self.keys.values()) + len(self.dense_names)
+
+
+class StepLog:
+    """Per-shard step records with row budgets for undo and for change history."""
+
+    def __init__(self, n_shards: int, undo_rows_max: int, history_rows_max: int) -> None:
+        self.undo_rows_max = undo_rows_max
+        self.history_rows_max = max(history_rows_max, undo_rows_max)
+        self._by_shard: list[deque[StepRecord]] = [deque() for _ in range(n_shards)]
+        self._undo_order: dict[int, StepRecord] = {}  # insertion order = age
+        self._history_order: dict[int, StepRecord] = {}
+        self.undo_rows = 0
+        self.history_rows = 0
+        self.undo_floor: I64 = np.zeros(n_shards, dtype=np.int64)
+        self.history_floor: I64 = np.zeros(n_shards, dtype=np.int64)
+
+    def append(self, record: StepRecord) -> None:
+        self._by_shard[record.shard].append(record)
+        self._undo_order[id(record)] = record
+        self._history_order[id(record)] = record
+        self.undo_rows += record.rows
+        self.history_rows += record.rows
+
+    def records(self, shard: int) -> Iterator[StepRecord]:
+        return iter(self._by_shard[shard])
+
+    # -- undo --------------------------------------------------------------------------------
+
+    def can_roll_back(self, shard: int, target: int) -> bool:
+        """True when shard steps above ``target`` all hold undo and end exactly at it."""
+        if target < self.undo_floor[shard]:
+            return False
+        for record in reversed(self._by_shard[shard]):
+            if record.version <= target:
+                return record.version == target
+            if not record.has_undo:
+                return False
+            if record.base <= target:
+                return record.base == target
+        return False  # history does not reach back to target
+
+    def pop_newer(self, shard: int, target: int) -> list[StepRecord]:
+        """Remove and return the records above ``target``, newest first."""
+        popped: list[StepRecord] = []
+        records = self._by_shard[shard]
+        while records and records[-1].version > target:
+            record = records.pop()
+            self._forget(record)
+            popped.append(record)
+        return popped
+
+    def release_validated(self, shard: int, upto: int) -> list[StepRecord]:
+        """Records of ``shard`` at or below ``upto`` that still hold undo, now released."""
+        released = []
+        for record in self._by_shard[shard]:
+            if record.version > upto:
+                break
+            if record.has_undo:
+                self._release(record)
+                released.append(record)
+        return released
+
+    def release_over_budget(self) -> list[StepRecord]:
+        """Oldest records holding undo, released until the undo budget holds."""
+        released = []
+        while self.undo_rows > self.undo_rows_max and self._undo_order:
+            record = next(iter(self._undo_order.values()))
+            self._release(record)
+            self.undo_floor[record.shard] = max(self.undo_floor[record.shard], record.version)
+            released.append(record)
+        return released
+
+    def _release(self, record: StepRecord) -> None:
+        record.has_undo = False
+        del self._undo_order[id(record)]
+        self.undo_rows -= record.rows
+
+    # -- history -----------------------------------------------------------------------------
+
+    def trim_history(self) -> list[StepRecord]:
+        """Drop the oldest records until the history budget holds; returns those that still
+        held undo (the caller must release their undo information)."""
+        unreleased = []
+        while self.history_rows > self.history_rows_max and self._history_order:
+            record = next(iter(self._history_order.values()))
+            if record.has_undo:
+                self._release(record)
+                unreleased.append(record)
+            shard = record.shard
+            self._by_shard[shard].popleft()
+            del self._history_order[id(record)]
+            self.history_rows -= record.rows
+            self.history_floor[shard] = max(self.history_floor[shard], record.version)
+            self.undo_floor[shard] = max(self.undo_floor[shard], record.version)
+        return unreleased
+
+    def records_since(self, shard: int, since: int) -> list[StepRecord] | None:
+        """Records above ``since`` (oldest first), or None when history does not reach back."""
+        if since < self.history_floor[shard]:
+            return None
+        return [r for r in self._by_shard[shard] if r.version > since]
+
+    def _forget(self, record: StepRecord) -> None:
+        if record.has_undo:
+            self._release(record)
+        del self._history_order[id(record)]
+        self.history_rows -= record.rows
+
+    def reset_shard(self, shard: int, version: int) -> None:
+        """Forget a shard's records (its content was replaced wholesale at ``version``)."""
+        for record in self._by_shard[shard]:
+            self._forget(record)
+        self._by_shard[shard].clear()
+        self.undo_floor[shard] = version
+        self.history_floor[shard] = version

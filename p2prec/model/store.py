@@ -1,0 +1,440 @@
+"""The parameter store: sharded, versioned embedding tables and dense tensors.
+
+Shards ``0 .. row_shards-1`` hold embedding rows (``shard = hash(table, key) % row_shards``);
+shard ``row_shards`` is the dense shard. For every shard the store keeps its version (the
+version vector), a 64-bit content digest updated in O(rows changed), and a bounded history of
+steps (``steplog.py``) for rollback, validated reads and incremental catch-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from p2prec.core.merkle import MerkleTree
+from p2prec.core.versions import VersionVector
+from p2prec.model.dense import DenseShard
+from p2prec.model.keyindex import DuplicateKeys
+from p2prec.model.layout import StoreLayout
+from p2prec.model.steplog import DenseValue, StepLog, StepRecord
+from p2prec.model.table import EmbeddingTable, Written
+from p2prec.wire.messages import ParamDelta, TableRows
+
+I64 = npt.NDArray[np.int64]
+
+_NOT_STEPPED, _DUPLICATE, _GAP, _APPLY = 0, 1, 2, 3
+
+
+class InvalidDelta(ValueError):
+    """A delta that cannot belong to this store (unknown table, wrong shape, row outside the
+    shards it steps, row version outside its step, repeated key). Nothing was applied."""
+
+
+class UndoUnavailable(Exception):
+    """The requested rollback reaches below the undo information kept. Nothing was changed."""
+
+    def __init__(self, shards: list[int]) -> None:
+        super().__init__(f"no undo information to roll back shards {shards}")
+        self.shards = shards
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Which shards a delta stepped, which it had already, and which it could not (a gap)."""
+
+    applied: tuple[int, ...]
+    duplicate: tuple[int, ...]
+    gaps: tuple[int, ...]
+    rows_written: int
+
+
+@dataclass(frozen=True, eq=False)
+class Lookup:
+    """Rows for a batch of keys: ``found[i]`` is False for keys the store does not hold."""
+
+    rows: npt.NDArray[np.floating]
+    found: npt.NDArray[np.bool_]
+    versions: I64
+
+
+@dataclass(frozen=True, eq=False)
+class ShardChanges:
+    """Rows of one shard changed in ``(since, version]``, latest values only."""
+
+    shard: int
+    since: int
+    version: int
+    tables: Mapping[str, TableRows]
+    dense: Mapping[str, npt.NDArray[np.floating]]
+
+
+class ParamStore:
+    """Sharded parameter state with version vector, digests, undo and change history."""
+
+    def __init__(
+        self,
+        layout: StoreLayout,
+        undo_rows_max: int = 4_000_000,
+        history_rows_max: int = 4_000_000,
+        capacity_rows: int = 1024,
+    ) -> None:
+        self.layout = layout
+        self.tables = {
+            name: EmbeddingTable(
+                name, layout.dim, layout.np_dtype, layout.row_shards, capacity_rows
+            )
+            for name in layout.tables
+        }
+        self.dense = DenseShard()
+        n = layout.n_shards
+        self._vector: I64 = np.zeros(n, dtype=np.int64)
+        self._watermark: I64 = np.zeros(n, dtype=np.int64)
+        self._digests = np.zeros(n, dtype=np.uint64)
+        self.log = StepLog(n, undo_rows_max, history_rows_max)
+        self._tree: MerkleTree | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def vector(self) -> VersionVector:
+        return VersionVector(self._vector)
+
+    @property
+    def watermark(self) -> VersionVector:
+        return VersionVector(self._watermark)
+
+    @property
+    def digests(self) -> npt.NDArray[np.uint64]:
+        digests = self._digests.copy()
+        digests[self.layout.dense_shard] = self.dense.digest
+        return digests
+
+    def merkle(self) -> MerkleTree:
+        if self._tree is None:
+            self._tree = MerkleTree.build(self.digests)
+        return self._tree
+
+    @property
+    def root(self) -> bytes:
+        return self.merkle().root
+
+    def _dirty(self) -> None:
+        self._tree = None
+
+    # -- apply -------------------------------------------------------------------------------
+
+    def apply(self, delta: ParamDelta) -> ApplyResult:
+        """Apply the shards of ``delta`` this store is ready for, in one vectorised batch per
+        table. Shards already at or past the delta's version are skipped (re-applying changes
+        nothing); shards behind its base are reported as gaps and left alone."""
+        status, steps = self._classify(delta)
+        self._check_dense(delta)
+        batches = {
+            name: self._rows_to_apply(name, rows, status, steps)
+            for name, rows in delta.tables.items()
+        }
+        written = {name: self.tables[name].write(*batch) for name, batch in batches.items()}
+        applied = [s for s in delta.shards if status[s] == _APPLY]
+        self._record_steps(applied, steps, written, delta)
+        self._enforce_budgets()
+        self._dirty()
+        return ApplyResult(
+            applied=tuple(applied),
+            duplicate=tuple(s for s in delta.shards if status[s] == _DUPLICATE),
+            gaps=tuple(s for s in delta.shards if status[s] == _GAP),
+            rows_written=sum(len(w) for w in written.values()),
+        )
+
+    def _classify(self, delta: ParamDelta) -> tuple[I64, I64]:
+        """Per-shard status and a (2, n_shards) array of [base, version] of this delta."""
+        n = self.layout.n_shards
+        shards = np.asarray(delta.shards, dtype=np.int64)
+        if shards.size and (shards.min() < 0 or shards.max() >= n):
+            raise InvalidDelta(f"delta steps a shard outside 0..{n - 1}")
+        if np.unique(shards).size != shards.size:
+            raise InvalidDelta("delta steps a shard twice")
+        bases = np.asarray(delta.bases, dtype=np.int64)
+        versions = np.asarray(delta.versions, dtype=np.int64)
+        if bases.size != shards.size or versions.size != shards.size or (versions <= bases).any():
+            raise InvalidDelta("delta bases/versions do not match its shards")
+        steps = np.zeros((2, n), dtype=np.int64)
+        steps[0, shards], steps[1, shards] = bases, versions
+        current = self._vector[shards]
+        status = np.full(n, _NOT_STEPPED, dtype=np.int64)
+        status[shards] = np.where(
+            current >= versions, _DUPLICATE, np.where(current >= bases, _APPLY, _GAP)
+        )
+        return status, steps
+
+    def _check_dense(self, delta: ParamDelta) -> None:
+        if delta.dense and self.layout.dense_shard not in delta.shards:
+            raise InvalidDelta("delta carries dense tensors without stepping the dense shard")
+
+    def _rows_to_apply(
+        self, name: str, rows: TableRows, status: I64, steps: I64
+    ) -> tuple[I64, I64, I64, npt.NDArray[np.floating], I64]:
+        table = self.tables.get(name)
+        if table is None:
+            raise InvalidDelta(f"unknown table {name!r}")
+        n = len(rows)
+        if rows.keys.dtype != np.int64 or rows.versions.dtype != np.int64:
+            raise InvalidDelta(f"table {name!r}: keys and versions must be int64")
+        if not np.issubdtype(rows.rows.dtype, np.floating):
+            raise InvalidDelta(f"table {name!r}: rows must be floating point")
+        if rows.versions.shape != (n,) or rows.rows.shape != (n, table.dim):
+            raise InvalidDelta(f"table {name!r}: rows do not match keys or dim {table.dim}")
+        shards = table.shard_of(rows.keys)
+        row_status = status[shards]
+        if (row_status == _NOT_STEPPED).any():
+            raise InvalidDelta(f"table {name!r}: a row lies in a shard the delta does not step")
+        if ((rows.versions <= steps[0, shards]) | (rows.versions > steps[1, shards])).any():
+            raise InvalidDelta(f"table {name!r}: a row version lies outside its shard's step")
+        keep = row_status == _APPLY
+        keys, versions, values = rows.keys, rows.versions, rows.rows
+        if not keep.all():
+            keys, versions, values, shards = keys[keep], versions[keep], values[keep], shards[keep]
+        try:
+            positions = table.positions(keys)
+        except DuplicateKeys as exc:
+            raise InvalidDelta(f"table {name!r}: {exc}") from None
+        return positions, keys, versions, values, shards
+
+    def _record_steps(
+        self, applied: list[int], steps: I64, written: Mapping[str, Written], delta: ParamDelta
+    ) -> None:
+        grouped = {
+            name: _ByShard(self.tables[name], w, self.layout.n_shards)
+            for name, w in written.items()
+        }
+        for group in grouped.values():
+            self._digests += group.digest_change
+        for shard in applied:
+            record = StepRecord(
+                shard=shard,
+                base=int(self._vector[shard]),
+                version=int(steps[1, shard]),
+                keys={name: g.keys(shard) for name, g in grouped.items()},
+                slots={name: g.slots(shard) for name, g in grouped.items()},
+            )
+            if shard == self.layout.dense_shard:
+                record.dense_prev = self.dense.write(delta.dense, record.version)
+                record.dense_names = tuple(record.dense_prev)
+            self._vector[shard] = record.version
+            self.log.append(record)
+
+    def _add_digests(self, table: EmbeddingTable, slots: I64, prev: I64, shards: I64) -> None:
+        np.add.at(self._digests, shards, table.slot_hash[slots])
+        had = prev >= 0
+        np.subtract.at(self._digests, shards[had], table.slot_hash[prev[had]])
+
+    # -- validation, undo and rollback ---------------------------------------------------------
+
+    def _release_undo(self, records: list[StepRecord]) -> None:
+        for record in records:
+            for name, slots in record.slots.items():
+                self.tables[name].forget_prev(slots)
+            record.slots = {}
+            record.dense_prev = {}
+
+    def _enforce_budgets(self) -> None:
+        self._release_undo(self.log.release_over_budget())
+        self._release_undo(self.log.trim_history())
+
+    def validate(self, watermark: VersionVector) -> None:
+        """Raise the validation watermark; undo information at or below it is released."""
+        self._check_len(watermark)
+        self._watermark = np.maximum(self._watermark, watermark.packed)
+        for shard in range(self.layout.n_shards):
+            released = self.log.release_validated(shard, int(self._watermark[shard]))
+            self._release_undo(released)
+
+    def can_roll_back(self, to: VersionVector) -> list[int]:
+        """Shards that ``rollback(to)`` could not restore (empty: it can)."""
+        self._check_len(to)
+        above = np.flatnonzero(self._vector > to.packed)
+        return [int(s) for s in above if not self.log.can_roll_back(int(s), int(to.packed[s]))]
+
+    def rollback(self, to: VersionVector) -> list[int]:
+        """Undo every step above ``to`` (all or nothing); returns the shards rolled back."""
+        missing = self.can_roll_back(to)
+        if missing:
+            raise UndoUnavailable(missing)
+        shards = [int(s) for s in np.flatnonzero(self._vector > to.packed)]
+        for shard in shards:
+            self._roll_back_shard(shard, int(to.packed[shard]))
+        self._watermark = np.minimum(self._watermark, np.maximum(to.packed, 0))
+        self._dirty()
+        return shards
+
+    def rollback_shard(self, shard: int, to: int) -> None:
+        """Undo the steps of one shard above packed version ``to``."""
+        if self._vector[shard] <= to:
+            return
+        if not self.log.can_roll_back(shard, to):
+            raise UndoUnavailable([shard])
+        self._roll_back_shard(shard, to)
+        self._watermark[shard] = min(int(self._watermark[shard]), to)
+        self._dirty()
+
+    def _roll_back_shard(self, shard: int, to: int) -> None:
+        for record in self.log.pop_newer(shard, to):
+            for name, slots in record.slots.items():
+                table = self.tables[name]
+                shards = np.full(slots.size, shard, dtype=np.int64)
+                self._add_digests(table, table.slot_prev[slots], slots, shards)
+                table.revert(slots)
+            self.dense.revert(record.dense_prev)
+        self._vector[shard] = to
+
+    def _check_len(self, vector: VersionVector) -> None:
+        if len(vector) != self.layout.n_shards:
+            raise ValueError(f"vector over {len(vector)} shards, store has {self.layout.n_shards}")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def lookup(self, table: str, keys: npt.ArrayLike, validated: bool = False) -> Lookup:
+        """Rows for ``keys`` (newest, or newest not above the watermark when ``validated``)."""
+        tab = self.tables[table]
+        ids = np.asarray(keys, dtype=np.int64).reshape(-1)
+        slots = tab.slots_at(ids, self._watermark) if validated else tab.current_slots(ids)
+        found = slots >= 0
+        rows = np.zeros((ids.size, tab.dim), dtype=tab.dtype)
+        rows[found] = tab.rows[slots[found]]
+        versions = np.full(ids.size, -1, dtype=np.int64)
+        versions[found] = tab.slot_version[slots[found]]
+        return Lookup(rows, found, versions)
+
+    def dense_tensors(self, validated: bool = False) -> dict[str, npt.NDArray[np.floating]]:
+        """Dense tensors (read-only), as of the watermark when ``validated``."""
+        values = self.dense.values
+        if validated:
+            shard = self.layout.dense_shard
+            history = [r.dense_prev for r in reversed(list(self.log.records(shard)))]
+            values = self.dense.at(int(self._watermark[shard]), history)
+        return {name: v.array for name, v in values.items()}
+
+    def row_count(self, table: str) -> int:
+        return int(self.tables[table].live_slots()[0].size)
+
+    def changes_since(self, shard: int, since: int) -> ShardChanges | None:
+        """Latest values of the rows of ``shard`` changed after packed version ``since``;
+        None when the change history does not reach back that far (send a snapshot)."""
+        records = self.log.records_since(shard, since)
+        if records is None:
+            return None
+        tables = {}
+        for name, table in self.tables.items():
+            keys = [r.keys[name] for r in records if name in r.keys]
+            tables[name] = _current_rows(
+                table,
+                np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64),
+                since,
+            )
+        dense = {
+            name: v.array
+            for name, v in self.dense.values.items()
+            if shard == self.layout.dense_shard and v.version > since
+        }
+        return ShardChanges(shard, since, int(self._vector[shard]), tables, dense)
+
+    # -- whole-shard replacement (snapshots) ---------------------------------------------------
+
+    def replace_shard(
+        self,
+        shard: int,
+        version: int,
+        tables: Mapping[str, TableRows],
+        dense: Mapping[str, DenseValue],
+    ) -> None:
+        """Replace one shard's whole content (snapshot restore or full-shard catch-up)."""
+        if shard == self.layout.dense_shard:
+            self.dense.replace_all(dense)
+        else:
+            self._replace_row_shard(shard, tables)
+        self.log.reset_shard(shard, version)
+        self._vector[shard] = version
+        self._dirty()
+
+    def _replace_row_shard(self, shard: int, tables: Mapping[str, TableRows]) -> None:
+        for name, rows in tables.items():
+            if name not in self.tables or (self.tables[name].shard_of(rows.keys) != shard).any():
+                raise InvalidDelta(f"content for shard {shard} holds rows of another shard")
+        for table in self.tables.values():
+            table.clear_shard(shard)
+        self._digests[shard] = 0
+        for name, rows in tables.items():
+            table = self.tables[name]
+            slots = table.load_rows(rows.keys, rows.versions, rows.rows, shard)
+            np.add.at(self._digests, np.full(slots.size, shard), table.slot_hash[slots])
+
+    def shard_rows(self, shard: int) -> dict[str, TableRows]:
+        """Every current row of one row shard, per table."""
+        out = {}
+        for name, table in self.tables.items():
+            keys, slots = table.live_slots(shard)
+            order = np.argsort(keys)
+            keys, slots = keys[order], slots[order]
+            out[name] = TableRows(keys, table.slot_version[slots], table.rows[slots])
+        return out
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def validate_state(self) -> None:
+        """Check internal consistency from scratch (tests and debug builds); raises
+        AssertionError naming the first broken invariant."""
+        expected = np.zeros(self.layout.n_shards, dtype=np.uint64)
+        for table in self.tables.values():
+            keys, slots = table.live_slots()
+            assert (table.slot_key[slots] == keys).all(), "index points at a slot of another key"
+            shards = table.shard_of(keys)
+            assert (table.slot_shard[slots] == shards).all(), "slot in the wrong shard"
+            assert (table.slot_version[slots] <= self._vector[shards]).all(), "row above vector"
+            np.add.at(expected, shards, table.slot_hash[slots])
+        expected[self.layout.dense_shard] = self.dense.digest
+        assert (expected == self.digests).all(), "incremental digest differs from recomputed"
+
+
+class _ByShard:
+    """Rows one ``write`` stored, grouped by shard (one stable radix sort), with the change of
+    each shard's digest: hashes of the new rows minus those of the rows they replaced."""
+
+    def __init__(self, table: EmbeddingTable, written: Written, n_shards: int) -> None:
+        small = written.shards.astype(np.int16 if n_shards < 2**15 else np.int64)
+        order = np.argsort(small, kind="stable")
+        self._slots = written.slots[order]
+        self._keys = written.keys[order]
+        self._bounds = np.searchsorted(small[order], np.arange(n_shards + 1))
+        prev = written.prev[order]
+        had = prev >= 0
+        change = written.hashes[order]
+        change -= np.where(had, table.slot_hash[np.where(had, prev, 0)], np.uint64(0))
+        running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(change, dtype=np.uint64)])
+        self.digest_change = running[self._bounds[1:]] - running[self._bounds[:-1]]
+
+    def keys(self, shard: int) -> I64:
+        return self._keys[self._bounds[shard] : self._bounds[shard + 1]]
+
+    def slots(self, shard: int) -> I64:
+        return self._slots[self._bounds[shard] : self._bounds[shard + 1]]
+
+
+def _current_rows(table: EmbeddingTable, keys: I64, since: int) -> TableRows:
+    slots = table.current_slots(keys)
+    live = slots >= 0
+    live[live] = table.slot_version[slots[live]] > since
+    keys, slots = keys[live], slots[live]
+    return TableRows(keys, table.slot_version[slots], table.rows[slots])
+
+
+__all__ = [
+    "ApplyResult",
+    "DuplicateKeys",
+    "InvalidDelta",
+    "Lookup",
+    "ParamStore",
+    "ShardChanges",
+    "UndoUnavailable",
+]

@@ -1,0 +1,205 @@
+"""One embedding table: rows of dynamic int64 ids, stored in slots, multi-versioned.
+
+A write never overwrites a row in place: the new value goes to a fresh slot and the slot it
+replaces stays linked as ``prev`` until the write is validated (then it is freed) or rolled back
+(then the key points at ``prev`` again). This makes undo a pointer swap instead of a row copy,
+and gives validated reads the older rows they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from p2prec.core.versions import NO_VERSION
+from p2prec.model.keyhash import U64, shard_of, table_salt
+from p2prec.model.keyindex import ABSENT, KeyIndex
+from p2prec.model.rowhash import row_hashes
+
+I64 = npt.NDArray[np.int64]
+FREE = -1  # slot_shard of a slot that holds nothing
+
+
+@dataclass(frozen=True, eq=False)
+class Written:
+    """Rows one ``write`` stored: new slots, the slots they replaced (or -1), their shards,
+    keys and row hashes."""
+
+    slots: I64
+    prev: I64
+    shards: I64
+    keys: I64
+    hashes: U64
+
+    def __len__(self) -> int:
+        return int(self.slots.size)
+
+
+class EmbeddingTable:
+    """Keyed rows of one table across all shards."""
+
+    def __init__(
+        self,
+        name: str,
+        dim: int,
+        dtype: np.dtype[np.floating],
+        row_shards: int,
+        capacity_rows: int = 1024,
+    ) -> None:
+        self.name = name
+        self.dim = dim
+        self.dtype = dtype
+        self.row_shards = row_shards
+        self.salt = table_salt(name)
+        self.index = KeyIndex(capacity_rows)
+        capacity = max(16, capacity_rows)
+        # Allocated and written at once (np.full, not np.zeros), so that applies do not pay
+        # the first touch of fresh pages until the table outgrows ``capacity_rows``.
+        self.rows = np.full((capacity, dim), 0, dtype=dtype)
+        self.slot_key: I64 = np.full(capacity, 0, dtype=np.int64)
+        self.slot_version: I64 = np.full(capacity, NO_VERSION, dtype=np.int64)
+        self.slot_hash: U64 = np.full(capacity, 0, dtype=np.uint64)
+        self.slot_prev: I64 = np.full(capacity, -1, dtype=np.int64)
+        self.slot_shard: I64 = np.full(capacity, FREE, dtype=np.int64)
+        self._free: I64 = np.zeros(0, dtype=np.int64)
+        self._high_water = 0
+
+    # -- slots -------------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return int(self.slot_key.size)
+
+    @property
+    def slots_in_use(self) -> int:
+        return self._high_water - int(self._free.size)
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        if capacity == self.capacity:
+            return
+        extra = capacity - self.capacity
+        self.rows = np.concatenate([self.rows, np.zeros((extra, self.dim), self.dtype)])
+        self.slot_key = np.concatenate([self.slot_key, np.zeros(extra, np.int64)])
+        self.slot_version = np.concatenate([self.slot_version, np.full(extra, NO_VERSION)])
+        self.slot_hash = np.concatenate([self.slot_hash, np.zeros(extra, np.uint64)])
+        self.slot_prev = np.concatenate([self.slot_prev, np.full(extra, -1, np.int64)])
+        self.slot_shard = np.concatenate([self.slot_shard, np.full(extra, FREE, np.int64)])
+
+    def _allocate(self, count: int) -> I64:
+        reused = self._free[self._free.size - min(count, self._free.size) :]
+        self._free = self._free[: self._free.size - reused.size]
+        fresh_count = count - reused.size
+        self._grow(self._high_water + fresh_count)
+        fresh = np.arange(self._high_water, self._high_water + fresh_count, dtype=np.int64)
+        self._high_water += fresh_count
+        return np.concatenate([reused, fresh]) if reused.size else fresh
+
+    def release(self, slots: I64) -> None:
+        """Return slots to the free list (their rows are no longer reachable)."""
+        if slots.size == 0:
+            return
+        self.slot_shard[slots] = FREE
+        self.slot_version[slots] = NO_VERSION
+        self.slot_prev[slots] = -1
+        self._free = np.concatenate([self._free, slots])
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def shard_of(self, keys: I64) -> I64:
+        return shard_of(self.salt, keys, self.row_shards)
+
+    def current_slots(self, keys: I64) -> I64:
+        """Slot holding each key's newest row, or ABSENT (-1)."""
+        return self.index.lookup(keys)
+
+    def slots_at(self, keys: I64, watermark: I64) -> I64:
+        """Slot of each key's newest row not newer than ``watermark[shard]`` (or -1)."""
+        slots = self.current_slots(keys)
+        limit = watermark[self.shard_of(keys)]
+        while True:
+            live = slots >= 0
+            too_new = np.zeros(slots.size, dtype=bool)
+            too_new[live] = self.slot_version[slots[live]] > limit[live]
+            if not too_new.any():
+                return slots
+            slots[too_new] = self.slot_prev[slots[too_new]]
+
+    def live_slots(self, shard: int | None = None) -> tuple[I64, I64]:
+        """Keys and current slots of every row (of one shard when given)."""
+        keys, slots = self.index.items()
+        if shard is not None:
+            mine = self.slot_shard[slots] == shard
+            keys, slots = keys[mine], slots[mine]
+        return keys, slots
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def positions(self, keys: I64) -> I64:
+        """Index positions of ``keys`` (new keys enter as ABSENT: no content changes).
+
+        Raises ``DuplicateKeys`` before changing anything if a key occurs twice."""
+        return self.index.find_or_insert(keys)
+
+    def write(
+        self, positions: I64, keys: I64, versions: I64, rows: npt.NDArray[np.floating], shards: I64
+    ) -> Written:
+        """Store the rows whose version is newer than the key's current row."""
+        current = self.index.values(positions)
+        held = current >= 0
+        current_version = np.where(held, self.slot_version[np.where(held, current, 0)], NO_VERSION)
+        newer = versions > current_version
+        if not newer.all():  # copy only when some rows are stale
+            keys, versions, rows, shards = keys[newer], versions[newer], rows[newer], shards[newer]
+            positions, current = positions[newer], current[newer]
+        slots = self._allocate(keys.size)
+        hashes = self._fill(slots, keys, versions, rows, shards)
+        self.slot_prev[slots] = current
+        self.index.set_values(positions, slots)
+        return Written(slots, current, shards, keys, hashes)
+
+    def _fill(
+        self, slots: I64, keys: I64, versions: I64, rows: npt.NDArray[np.floating], shards: I64
+    ) -> U64:
+        stored = rows if rows.dtype == self.dtype else rows.astype(self.dtype)
+        self.rows[slots] = stored
+        self.slot_key[slots] = keys
+        self.slot_version[slots] = versions
+        self.slot_shard[slots] = shards
+        hashes = row_hashes(self.salt, keys, versions, stored)
+        self.slot_hash[slots] = hashes
+        return hashes
+
+    def revert(self, slots: I64) -> None:
+        """Undo writes: each key points at its slot's ``prev`` again; the slots are freed."""
+        if slots.size == 0:
+            return
+        positions = self.index.find(self.slot_key[slots])
+        self.index.set_values(positions, self.slot_prev[slots])
+        self.release(slots)
+
+    def forget_prev(self, slots: I64) -> None:
+        """Drop the undo information of writes: free the rows they replaced."""
+        prev = self.slot_prev[slots]
+        self.release(prev[prev >= 0])
+        self.slot_prev[slots] = -1
+
+    def clear_shard(self, shard: int) -> None:
+        """Remove every row of one shard, current or kept for undo."""
+        keys, _slots = self.live_slots(shard)
+        self.index.set_values(self.index.find(keys), np.full(keys.size, ABSENT))
+        self.release(np.flatnonzero(self.slot_shard == shard).astype(np.int64))
+
+    def load_rows(
+        self, keys: I64, versions: I64, rows: npt.NDArray[np.floating], shard: int
+    ) -> I64:
+        """Insert rows of a cleared shard as they are (snapshot restore); returns new slots."""
+        positions = self.index.find_or_insert(keys)
+        slots = self._allocate(keys.size)
+        self._fill(slots, keys, versions, rows, np.full(keys.size, shard, dtype=np.int64))
+        self.index.set_values(positions, slots)
+        return slots

@@ -1,0 +1,1 @@
+"""Deterministic simulation: seeded delta streams, simulated network and cluster, checkers."""

@@ -1,0 +1,1 @@
+"""Frames <-> messages: orjson header + raw numpy buffers, zero-copy, bounded, signed."""

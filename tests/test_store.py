@@ -1,0 +1,196 @@
+"""Unit tests of the parameter store's rules: gaps, bad deltas, reads, budgets, catch-up."""
+
+import numpy as np
+import pytest
+
+from p2prec.core.versions import Version, VersionVector
+from p2prec.model.layout import StoreLayout
+from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shard
+from p2prec.model.store import InvalidDelta, ParamStore, UndoUnavailable
+from p2prec.sim.lineage import catch_up, generate
+from p2prec.wire.messages import ParamDelta, TableRows
+
+LAYOUT = StoreLayout(row_shards=4, dim=3, tables=("user", "item"))
+V1, V2, V3 = (Version(1, s).packed for s in (1, 2, 3))
+
+
+def rows_delta(
+    keys: list[int], base: int, version: int, value: float = 1.0, table: str = "user"
+) -> ParamDelta:
+    k = np.array(keys, dtype=np.int64)
+    shards = sorted({int(s) for s in ParamStore(LAYOUT).tables[table].shard_of(k)})
+    return ParamDelta(
+        tuple(shards),
+        (base,) * len(shards),
+        (version,) * len(shards),
+        {table: TableRows(k, np.full(k.size, version), np.full((k.size, 3), value, np.float32))},
+    )
+
+
+def test_a_delta_past_a_gap_is_reported_and_not_applied() -> None:
+    store = ParamStore(LAYOUT)
+    result = store.apply(rows_delta([1, 2, 3], V1, V2))
+    assert result.gaps and not result.applied and result.rows_written == 0
+    assert store.lookup("user", [1, 2, 3]).found.tolist() == [False] * 3
+    assert store.apply(rows_delta([1, 2, 3], 0, V1)).applied
+    assert store.apply(rows_delta([1, 2, 3], V1, V2, value=2.0)).applied
+    assert store.lookup("user", [1]).rows.tolist() == [[2.0] * 3]
+
+
+@pytest.mark.parametrize("mutate", ["table", "outside", "version", "duplicate", "dim", "dtype"])
+def test_bad_deltas_are_refused_whole(mutate: str) -> None:
+    store = ParamStore(LAYOUT)
+    store.apply(rows_delta([10, 11], 0, V1))
+    root, vector = store.root, store.vector
+    good = rows_delta([1, 2, 3, 4, 5, 6, 7], 0, V1)
+    t = good.tables["user"]
+    tables = {"user": t, "item": TableRows(t.keys, t.versions, t.rows)}
+    shards, bases, versions = good.shards, good.bases, good.versions
+    if mutate == "table":
+        tables["nope"] = t
+    elif mutate == "outside":
+        shards, bases, versions = shards[:1], bases[:1], versions[:1]
+    elif mutate == "version":
+        tables["item"] = TableRows(t.keys, t.versions + 1, t.rows)
+    elif mutate == "duplicate":
+        tables["item"] = TableRows(np.r_[t.keys[:-1], t.keys[:1]], t.versions, t.rows)
+    elif mutate == "dim":
+        tables["item"] = TableRows(t.keys, t.versions, np.zeros((len(t), 2), np.float32))
+    elif mutate == "dtype":
+        tables["item"] = TableRows(t.keys, t.versions, np.zeros((len(t), 3), np.int32))
+    with pytest.raises(InvalidDelta):
+        store.apply(ParamDelta(shards, bases, versions, tables))
+    assert store.root == root and store.vector == vector
+    assert not store.lookup("user", t.keys).found.any()
+    store.validate_state()
+
+
+def test_lookup_reports_missing_keys_and_copies_rows() -> None:
+    store = ParamStore(LAYOUT)
+    store.apply(rows_delta([5, -(2**63), 2**63 - 1], 0, V1, value=3.0))
+    got = store.lookup("user", [5, 6, -(2**63), 2**63 - 1])
+    assert got.found.tolist() == [True, False, True, True]
+    assert got.rows[1].tolist() == [0.0] * 3
+    assert got.versions[1] == -1
+    got.rows[0] = 99.0
+    assert store.lookup("user", [5]).rows[0, 0] == 3.0
+    assert not store.lookup("item", [5]).found.any()
+
+
+def test_validated_reads_never_see_rows_above_the_watermark() -> None:
+    lineage = generate(LAYOUT, seed=3, steps=30, key_space=40)
+    store = ParamStore(LAYOUT)
+    keys = np.arange(-40, 40)
+    for i, delta in enumerate(lineage.deltas, start=1):
+        store.apply(delta)
+        if i % 7 == 0:
+            store.validate(store.vector)
+            watermark_state = lineage.states[i]
+        if i >= 7:
+            for table in LAYOUT.tables:
+                got = store.lookup(table, keys, validated=True)
+                expected = watermark_state.rows[table]
+                assert got.found.tolist() == [int(k) in expected for k in keys]
+                for k, row, v in zip(
+                    keys[got.found], got.rows[got.found], got.versions[got.found], strict=True
+                ):
+                    assert v == expected[int(k)][0]
+                    assert row.tolist() == expected[int(k)][1].tolist()
+            dense = store.dense_tensors(validated=True)
+            assert dense.keys() == watermark_state.dense.keys()
+            for name, arr in dense.items():
+                assert arr.tolist() == watermark_state.dense[name][1].tolist()
+
+
+def test_undo_budget_bounds_rollback_and_refuses_it_whole() -> None:
+    lineage = generate(LAYOUT, seed=5, steps=40, rows_per_step=6)
+    store = ParamStore(LAYOUT, undo_rows_max=60, history_rows_max=1000)
+    for delta in lineage.deltas:
+        store.apply(delta)
+    assert store.log.undo_rows <= 60
+    root, vector = store.root, store.vector
+    with pytest.raises(UndoUnavailable) as err:
+        store.rollback(VersionVector(lineage.states[1].vector))
+    assert err.value.shards
+    assert store.root == root and store.vector == vector
+    recent = VersionVector(lineage.states[38].vector)
+    assert store.can_roll_back(recent) == []
+    store.rollback(recent)
+    store.validate_state()
+    assert store.root == _root_of(lineage.states[38])
+
+
+def test_validation_releases_undo_below_the_watermark() -> None:
+    lineage = generate(LAYOUT, seed=6, steps=20)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas[:10]:
+        store.apply(delta)
+    store.validate(store.vector)
+    assert store.log.undo_rows == 0
+    in_use = sum(t.slots_in_use for t in store.tables.values())
+    assert in_use == sum(store.row_count(t) for t in LAYOUT.tables)  # old rows were freed
+    with pytest.raises(UndoUnavailable):
+        store.rollback(VersionVector(lineage.states[5].vector))
+    for delta in lineage.deltas[10:]:
+        store.apply(delta)
+    store.rollback(VersionVector(lineage.states[10].vector))
+    assert store.root == _root_of(lineage.states[10])
+
+
+def test_changes_since_serves_recent_versions_and_refuses_trimmed_history() -> None:
+    lineage = generate(LAYOUT, seed=8, steps=40)
+    store = ParamStore(LAYOUT, undo_rows_max=50, history_rows_max=120)
+    for delta in lineage.deltas:
+        store.apply(delta)
+    assert store.log.history_rows <= 120
+    behind = lineage.states[36]
+    lagging = ParamStore(LAYOUT)
+    lagging.apply(catch_up(LAYOUT, behind))
+    for shard in range(LAYOUT.n_shards):
+        changes = store.changes_since(shard, int(behind.vector[shard]))
+        assert changes is not None
+        lagging.apply(
+            ParamDelta(
+                (shard,), (changes.since,), (changes.version,), changes.tables, changes.dense
+            )
+            if changes.version > changes.since
+            else ParamDelta((), (), ())
+        )
+    assert lagging.root == store.root
+    assert any(store.changes_since(s, 0) is None for s in range(LAYOUT.n_shards))
+
+
+def test_snapshot_rejects_corruption_without_raising_anything_else() -> None:
+    store = ParamStore(LAYOUT)
+    for delta in generate(LAYOUT, seed=9, steps=10).deltas:
+        store.apply(delta)
+    good = snapshot_shard(store, 1)
+    rng = np.random.default_rng(0)
+    rejected = 0
+    for _ in range(300):
+        data = bytearray(good)
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        target = ParamStore(LAYOUT)
+        target.apply(rows_delta([1, 2, 3, 4], 0, V1))
+        before = target.root
+        try:
+            restore_shard(target, bytes(data))
+        except SnapshotError:
+            rejected += 1
+            assert target.root == before  # a bad snapshot changes nothing
+    assert rejected > 250
+    restore_shard(ParamStore(LAYOUT), good)
+
+
+def _root_of(state: object) -> bytes:
+    from p2prec.sim.lineage import RefState
+
+    assert isinstance(state, RefState)
+    store = ParamStore(LAYOUT)
+    store.apply(catch_up(LAYOUT, state))
+    return store.root
