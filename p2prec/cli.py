@@ -1,0 +1,196 @@
+"""The ``p2prec`` command: one entry point for every process, and the only ``asyncio.run()``.
+
+    p2prec version
+    p2prec config show [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--json]
+    p2prec config check FILE_OR_PRESET
+    p2prec keygen [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--force]
+
+Errors (bad config, existing keys, I/O) exit with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from p2prec import __version__
+from p2prec.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``7000``, ``true``, ``["a:1"]``, ``"x"``), else the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set {item!r}: expected KEY=VALUE, e.g. mesh.port=7946")
+        overrides[key.strip()] = _parse_value(text.strip())
+    return overrides
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, _parse_sets(args.set))
+
+
+def _config_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        metavar="FILE_OR_PRESET",
+        help="TOML file or preset name (local, lan, wan); default: the lan preset",
+    )
+    parent.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one key, e.g. --set mesh.port=7946 (repeatable)",
+    )
+    return parent
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _cmd_version(_args: argparse.Namespace) -> int:
+    from p2prec.wire.messages import PROTOCOL_VERSION
+
+    print(
+        f"p2prec {__version__} (wire protocol {PROTOCOL_VERSION}, "
+        f"Python {platform.python_version()})"
+    )
+    return EXIT_OK
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.json:
+        print(orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(config.to_toml_commented(), end="")
+    return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    load_config(args.file)
+    print("ok")
+    return EXIT_OK
+
+
+def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise CliError(f"{', '.join(existing)}: already exists (use --force to overwrite)")
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    config = _load(args)
+    private = Path(config.keys.trainer_signing_key)
+    public = Path(config.keys.trainer_public_key)
+    _refuse_overwrite((private, public), args.force)
+    from p2prec.log import configure_logging, get_logger
+    from p2prec.wire import signing
+
+    signer = signing.Signer.generate()
+    try:
+        signer.save(private)
+        signing.save_public_key(public, signer.public_key_bytes)
+    except OSError as exc:
+        raise CliError(f"keygen: {exc}") from None
+    configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    get_logger(__name__).info(
+        "keys_generated",
+        signing_key=str(private),
+        public_key=str(public),
+        public_key_hex=signer.public_key_bytes.hex(),
+    )
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _add_config_commands(sub: Any, options: argparse.ArgumentParser) -> None:
+    config = sub.add_parser("config", help="show or check the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show", parents=[options], help="print the effective config (commented TOML)"
+    )
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    show.set_defaults(handler=_cmd_config_show)
+    check = config_sub.add_parser("check", help="validate a config file: 'ok' or the error")
+    check.add_argument("file", metavar="FILE_OR_PRESET")
+    check.set_defaults(handler=_cmd_config_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2prec",
+        description="Peer-to-peer dissemination of recommendation model parameters.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    options = _config_options()
+    sub.add_parser("version", help="print the version").set_defaults(handler=_cmd_version)
+    _add_config_commands(sub, options)
+    keygen = sub.add_parser(
+        "keygen", parents=[options], help="write the trainer's Ed25519 key pair (keys.*)"
+    )
+    keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keygen.set_defaults(handler=_cmd_keygen)
+    return parser
+
+
+def _exit_status(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (argparse usage errors give 2)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return _exit_status(exc)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, CliError) as exc:
+        print(f"p2prec: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # output piped into `head`: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
