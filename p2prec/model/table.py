@@ -91,7 +91,8 @@ class EmbeddingTable:
         self.slot_shard = np.concatenate([self.slot_shard, np.full(extra, FREE, np.int64)])
 
     def _allocate(self, count: int) -> I64:
-        reused = self._free[self._free.size - min(count, self._free.size) :]
+        # ascending slots: the row scatter then walks memory forwards (faster than random)
+        reused = np.sort(self._free[self._free.size - min(count, self._free.size) :])
         self._free = self._free[: self._free.size - reused.size]
         fresh_count = count - reused.size
         self._grow(self._high_water + fresh_count)
