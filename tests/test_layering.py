@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_PACKAGES = ("p2prec.core", "p2prec.wire", "p2prec.model")
+PURE_PACKAGES = ("p2prec.core", "p2prec.wire", "p2prec.model", "p2prec.sim")
 BANNED = ("asyncio", "zmq", "aiohttp", "torch", "structlog")
 
 # Imports every module of the pure packages one by one and reports, for each, the banned
