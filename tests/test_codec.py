@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from p2prec.core.versions import EPOCH_MAX, VersionVector, pack
 from p2prec.wire import codec
-from p2prec.wire.codec import decode, encode, frames_digest
+from p2prec.wire.codec import WireMessage, decode, encode, frames_digest
 from p2prec.wire.errors import RemoteProtocolError
 from p2prec.wire.limits import WireLimits
 from p2prec.wire.messages import (
@@ -54,7 +55,8 @@ def make_delta(rng: np.random.Generator, n: int = 3, dim: int = 4) -> ParamDelta
 
 
 def make_validated(rng: np.random.Generator) -> Validated:
-    return Validated(VersionVector(rng.integers(0, 2**50, 4)), epoch=2, created_ms=7)
+    vector = VersionVector(rng.integers(0, 2**50, 4))
+    return Validated(vector, epoch=2, created_ms=7, shard_digests=rng.bytes(32 * 4))
 
 
 def make_rollback(rng: np.random.Generator) -> Rollback:
@@ -68,28 +70,36 @@ FACTORIES: dict[str, Callable[[np.random.Generator], Message]] = {
 }
 
 
-def message_arrays(msg: Message) -> list[npt.NDArray[Any]]:
+def message_arrays(msg: WireMessage) -> list[npt.NDArray[Any]]:
+    """The numpy arrays a message holds (a decoded message's are views of the frames)."""
     if isinstance(msg, ParamDelta):
         out = [a for t in msg.tables.values() for a in (t.keys, t.versions, t.rows)]
         return out + list(msg.dense.values())
-    return [msg.vector.packed] if isinstance(msg, Validated) else [msg.to.packed]
+    if isinstance(msg, Validated):
+        return [msg.vector.packed]
+    if isinstance(msg, Rollback):
+        return [msg.to.packed]
+    return [v for f in dataclasses.fields(msg) if isinstance(v := getattr(msg, f.name), np.ndarray)]
 
 
-def assert_same(a: Message, b: Message) -> None:
+def plain_fields(msg: WireMessage) -> dict[str, Any]:
+    """The fields of a message other than arrays and delta tables, bytes-likes as bytes."""
+    out = {}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, memoryview | bytes):
+            out[f.name] = bytes(value)
+        elif not isinstance(value, np.ndarray) and f.name not in ("tables", "dense"):
+            out[f.name] = value
+    return out
+
+
+def assert_same(a: WireMessage, b: WireMessage) -> None:
     assert type(a) is type(b)
+    assert plain_fields(a) == plain_fields(b)
     if isinstance(a, ParamDelta) and isinstance(b, ParamDelta):
-        assert (a.shards, a.bases, a.versions, a.created_ms) == (
-            b.shards,
-            b.bases,
-            b.versions,
-            b.created_ms,
-        )
         assert list(a.tables) == list(b.tables)
         assert list(a.dense) == list(b.dense)
-    elif isinstance(a, Validated) and isinstance(b, Validated):
-        assert (a.vector, a.epoch, a.created_ms) == (b.vector, b.epoch, b.created_ms)
-    elif isinstance(a, Rollback) and isinstance(b, Rollback):
-        assert (a.to, a.new_epoch, a.created_ms) == (b.to, b.new_epoch, b.created_ms)
     for x, y in zip(message_arrays(a), message_arrays(b), strict=True):
         assert x.shape == y.shape
         assert x.dtype.newbyteorder("=") == y.dtype.newbyteorder("=")
@@ -208,6 +218,40 @@ def test_tampering_is_detected(kind: str) -> None:
     expect_rejected([frames[0], other[1], *frames[2:]], "verification failed")
 
 
+def test_shard_digests_are_signed() -> None:
+    msg = make_validated(np.random.default_rng(4))
+    frames = [bytes(f) for f in encode(msg, SIGNER)]
+    header = orjson.loads(frames[0])
+    assert header["b"] == [["<i8", [4]], ["|u1", [128]]]
+    out = decode(frames, VERIFIER)
+    assert isinstance(out, Validated)
+    assert isinstance(out.shard_digests, bytes)
+    assert out.shard_digests == msg.shard_digests
+    for pos in (0, 31, 32, 127):  # one flipped bit in any shard's digest
+        bad = bytearray(frames[3])
+        bad[pos] ^= 0x01
+        expect_rejected([*frames[:3], bytes(bad)], "signature verification failed")
+    other = make_validated(np.random.default_rng(5)).shard_digests
+    expect_rejected([*frames[:3], other], "signature verification failed")
+    expect_rejected([*frames[:3], frames[3][32:] + frames[3][:32]], "verification failed")
+    # Dropping the digests (with a matching descriptor) is tampering too.
+    header["b"][1] = ["|u1", [0]]
+    expect_rejected([orjson.dumps(header), frames[1], frames[2], b""], "verification failed")
+
+
+def test_validated_without_shard_digests() -> None:
+    msg = Validated(VersionVector(np.arange(3)), epoch=1, created_ms=5)
+    frames = encode(msg, SIGNER)
+    assert orjson.loads(frames[0])["b"][1] == ["|u1", [0]]
+    out = decode(frames, VERIFIER)
+    assert_same(msg, out)
+    assert isinstance(out, Validated) and out.shard_digests == b""
+    view: Any = memoryview(bytes(range(96)))  # any bytes-like encodes
+    with_digests = Validated(msg.vector, 1, 5, view)
+    out = decode(encode(with_digests, SIGNER), VERIFIER)
+    assert isinstance(out, Validated) and out.shard_digests == bytes(range(96))
+
+
 def test_signed_types_need_a_verifier() -> None:
     frames = encoded("delta")
     expect_rejected(frames, "no verifier", verifier=None)
@@ -307,6 +351,11 @@ def add_buffer(header: dict[str, Any], buffers: list[bytes]) -> None:
     header["b"].append(["<i8", [1]])
 
 
+def drop_buffer(header: dict[str, Any], buffers: list[bytes]) -> None:
+    buffers.pop()
+    header["b"].pop()
+
+
 # Delta buffers: 0 shards, 1 bases, 2 versions, 3-5 table u, 6-8 table v, 9 dense w.
 HOSTILE: list[tuple[str, Mutator, str]] = [
     ("delta", setp("p", 2), "protocol version"),
@@ -349,6 +398,8 @@ HOSTILE: list[tuple[str, Mutator, str]] = [
     ("delta", setbuf(0, [-1, 5]), "rise strictly"),
     ("delta", setbuf(0, [1, 2**31]), "rise strictly"),
     ("delta", setbuf(0, [1.0, 5.0], "<f4"), "not allowed here"),
+    ("delta", setbuf(0, [1, 5], "<u8"), "not allowed here"),
+    ("delta", setbuf(0, [1, 5], "|u1"), "not allowed here"),
     ("delta", setbuf(1, [-1, 3]), "base"),
     ("delta", setbuf(2, [0, pack(1, 6)]), "base"),
     ("delta", setbuf(2, [pack(1, 5), pack(1, 6)]), "base"),
@@ -360,6 +411,7 @@ HOSTILE: list[tuple[str, Mutator, str]] = [
     ("delta", setbuf(5, np.zeros((3, 0)), "<f4"), "dim"),
     ("delta", setbuf(5, np.zeros((2, 4)), "<f4"), "u.rows"),
     ("delta", setbuf(5, np.zeros((3, 4)), "<i8"), "u.rows"),
+    ("delta", setbuf(5, np.zeros((3, 4)), "|u1"), "u.rows"),
     ("delta", setbuf(9, np.zeros((2, 2)), "<i8"), "dense w"),
     ("validated", setp("epoch", -1), "epoch"),
     ("validated", setp("epoch", EPOCH_MAX + 1), "epoch"),
@@ -369,6 +421,14 @@ HOSTILE: list[tuple[str, Mutator, str]] = [
     ("validated", setbuf(0, [[1, 2]]), "vector"),
     ("validated", setbuf(0, [1.0], "<f4"), "vector"),
     ("validated", add_buffer, "buffers where"),
+    ("validated", drop_buffer, "buffers where"),
+    ("validated", setbuf(1, np.zeros(31), "|u1"), "shard_digests"),
+    ("validated", setbuf(1, np.zeros(32 * 5), "|u1"), "shard_digests"),
+    ("validated", setbuf(1, np.zeros(32 * 3), "|u1"), "shard_digests"),
+    ("validated", setbuf(1, np.zeros((4, 32)), "|u1"), "shard_digests"),
+    ("validated", setbuf(1, np.zeros(16), "<i8"), "shard_digests"),
+    ("validated", setbuf(1, np.zeros(16), "<u8"), "shard_digests"),
+    ("validated", setp("b", 1, 0, "<u8"), "do not match"),
     ("rollback", setp("new_epoch", "1"), "new_epoch"),
     ("rollback", setp("created_ms", None), "created_ms"),
     ("rollback", setp("t", 1), "created_ms|tables"),
@@ -416,14 +476,20 @@ def test_encode_rejects_malformed_messages() -> None:
         encode(ParamDelta((1,), (0,), (1,), created_ms=-1), None)
     with pytest.raises(ValueError, match="epoch"):
         encode(Validated(VersionVector.zeros(2), epoch=EPOCH_MAX + 1), None)
+    with pytest.raises(ValueError, match="shard_digests"):
+        encode(Validated(VersionVector.zeros(2), epoch=1, shard_digests=bytes(32)), None)
+    strided: Any = memoryview(bytes(128))[::2]
+    with pytest.raises(ValueError, match="shard_digests"):
+        encode(Validated(VersionVector.zeros(2), epoch=1, shard_digests=strided), None)
     with pytest.raises(TypeError, match="not a message"):
         encode("hello", None)  # type: ignore[arg-type]
 
 
 # --- fuzz ----------------------------------------------------------------------------------------
 
-JUNK: list[Any] = [-1, 0, 1, 2, 2**31, 2**63 - 1, -(2**63), 1.5, True, None, "", "x", "<f4",
-                   [], [0], [[]], {}, {"a": 1}, "y" * 65, [1, 2, 3]]  # fmt: skip
+JUNK: list[Any] = [-1, 0, 1, 2, 5, 8, 2**31, 2**63 - 1, -(2**63), 1.5, True, False, None, "", "x",
+                   "<f4", "<u8", "|u1", "0" * 32, "A" * 32, [], [0], [[]], {}, {"a": 1}, "y" * 65,
+                   "z" * 129, [1, 2, 3]]  # fmt: skip
 
 
 def mutate_raw(rng: np.random.Generator, frames: list[bytes]) -> list[bytes]:
@@ -448,7 +514,8 @@ def mutate_raw(rng: np.random.Generator, frames: list[bytes]) -> list[bytes]:
 
 
 def mutate_header(rng: np.random.Generator, frames: list[bytes]) -> list[bytes]:
-    """Replace one value anywhere in the header with junk, then sign it validly."""
+    """Replace one value anywhere in the header with junk, then sign it validly (unsigned
+    types stay unsigned)."""
     header = orjson.loads(frames[0])
     node: Any = header
     while True:
@@ -459,20 +526,28 @@ def mutate_header(rng: np.random.Generator, frames: list[bytes]) -> list[bytes]:
             break
         node = child
     node[key] = JUNK[int(rng.integers(len(JUNK)))]
+    if not frames[1]:
+        return [orjson.dumps(header), b"", *frames[2:]]
     return resign(header, list(frames[2:]))
 
 
 def fuzz_once(rng: np.random.Generator, frames: list[bytes], mode: int) -> None:
+    """Mode 0: raw mutation, verified; 1: raw mutation, trusted; 2: hostile header, signed."""
     bad = mutate_header(rng, frames) if mode == 2 else mutate_raw(rng, frames)
     verifier = VERIFIER if mode != 1 else None
     error = ""
     try:
-        decode(bad, verifier, trust_unsigned=mode == 1)
+        out = decode(bad, verifier, trust_unsigned=mode == 1)
     except RemoteProtocolError as exc:
         error = str(exc) or "?"
     assert "internal decoder error" not in error
+    if error:
+        return
+    signed = bool(frames[1])
     # Only an unmodified message may pass a signature check over raw mutations.
-    assert error or mode != 0 or bad == frames
+    assert mode != 0 or not signed or bad == frames
+    # Whatever decodes is a well-formed message: it encodes and decodes again to the same.
+    assert_same(out, decode(encode(out, SIGNER), VERIFIER))
 
 
 def test_fuzz_only_remote_protocol_errors() -> None:
@@ -524,13 +599,17 @@ def test_delta_round_trip_property(msg: ParamDelta) -> None:
     st.lists(st.integers(0, 2**63 - 1), max_size=40),
     st.integers(0, EPOCH_MAX),
     st.integers(0, 2**63 - 1),
-    st.booleans(),
+    st.sampled_from(["rollback", "validated", "digests"]),
+    st.binary(min_size=32, max_size=32),
 )
 def test_vector_messages_round_trip_property(
-    packed: list[int], epoch: int, created_ms: int, rollback: bool
+    packed: list[int], epoch: int, created_ms: int, kind: str, digest: bytes
 ) -> None:
     vector = VersionVector(np.array(packed, dtype=np.int64))
+    digests = digest * len(packed) if kind == "digests" else b""
     msg: Message = (
-        Rollback(vector, epoch, created_ms) if rollback else Validated(vector, epoch, created_ms)
+        Rollback(vector, epoch, created_ms)
+        if kind == "rollback"
+        else Validated(vector, epoch, created_ms, digests)
     )
     assert_same(msg, decode(encode(msg, SIGNER), VERIFIER))

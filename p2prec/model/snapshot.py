@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+from blake3 import blake3
 
 from p2prec.model.dense import tensor_hash
 from p2prec.model.keyhash import shard_of, table_salt
@@ -32,18 +33,24 @@ class SnapshotError(ValueError):
     """Snapshot bytes that are corrupt, truncated, or of another layout."""
 
 
-def snapshot_shard(store: ParamStore, shard: int) -> bytes:
-    """Serialise the current content of ``shard``."""
+def snapshot_shard(store: ParamStore, shard: int, at: int | None = None) -> bytes:
+    """Serialise the content of ``shard``, now or as of version ``at``. The bytes are canonical
+    (keys sorted, fixed header order): equal content gives equal bytes, so a BLAKE3 of them
+    signed by the trainer authenticates a snapshot served by any peer."""
+    if at is not None and not store.can_read_at(shard, at):
+        raise ValueError(f"shard {shard} cannot be read as of version {at}")
+    version = int(store.vector.packed[shard]) if at is None else at
     buffers: list[bytes] = []
     header: dict[str, Any] = {
         "shard": shard,
-        "version": int(store.vector.packed[shard]),
-        "digest": int(store.digests[shard]),
+        "version": version,
+        "digest": 0,
         "tables": [],
         "dense": [],
     }
     if shard == store.layout.dense_shard:
-        for name, value in sorted(store.dense.values.items()):
+        dense = store.dense_values(at)
+        for name, value in sorted(dense.items()):
             arr = np.ascontiguousarray(value.array)
             header["dense"].append(
                 {
@@ -54,12 +61,23 @@ def snapshot_shard(store: ParamStore, shard: int) -> bytes:
                 }
             )
             buffers.append(arr.tobytes())
+        header["digest"] = sum(tensor_hash(n, v) for n, v in dense.items()) % (1 << 64)
     else:
-        for name, rows in store.shard_rows(shard).items():
+        total = np.zeros(1, dtype=np.uint64)
+        for name, rows in store.shard_rows(shard, at).items():
             header["tables"].append({"name": name, "n": len(rows), "dtype": rows.rows.dtype.str})
             buffers += [rows.keys.tobytes(), rows.versions.tobytes(), rows.rows.tobytes()]
+            total += row_hashes(table_salt(name), rows.keys, rows.versions, rows.rows).sum(
+                dtype=np.uint64
+            )
+        header["digest"] = int(total[0])
     head = orjson.dumps(header)
     return b"".join([MAGIC, _LEN.pack(len(head)), head, *buffers])
+
+
+def strong_digest(snapshot: bytes | memoryview) -> bytes:
+    """BLAKE3-256 of snapshot bytes (what ``Validated.shard_digests`` holds per shard)."""
+    return blake3(snapshot).digest(32)
 
 
 class _Reader:

@@ -309,12 +309,8 @@ class ParamStore:
 
     def dense_tensors(self, validated: bool = False) -> dict[str, npt.NDArray[np.floating]]:
         """Dense tensors (read-only), as of the watermark when ``validated``."""
-        values = self.dense.values
-        if validated:
-            shard = self.layout.dense_shard
-            history = [r.dense_prev for r in reversed(list(self.log.records(shard)))]
-            values = self.dense.at(int(self._watermark[shard]), history)
-        return {name: v.array for name, v in values.items()}
+        at = int(self._watermark[self.layout.dense_shard]) if validated else None
+        return {name: v.array for name, v in self.dense_values(at).items()}
 
     def row_count(self, table: str) -> int:
         return int(self.tables[table].live_slots()[0].size)
@@ -370,15 +366,31 @@ class ParamStore:
             slots = table.load_rows(rows.keys, rows.versions, rows.rows, shard)
             np.add.at(self._digests, np.full(slots.size, shard), table.slot_hash[slots])
 
-    def shard_rows(self, shard: int) -> dict[str, TableRows]:
-        """Every current row of one row shard, per table."""
+    def can_read_at(self, shard: int, at: int) -> bool:
+        """True when the content of ``shard`` as of version ``at`` can still be read."""
+        return bool(self.log.undo_floor[shard] <= at <= self._vector[shard])
+
+    def shard_rows(self, shard: int, at: int | None = None) -> dict[str, TableRows]:
+        """Every row of one row shard, per table, sorted by key: the current rows, or the rows
+        as of version ``at`` (see ``can_read_at``)."""
         out = {}
         for name, table in self.tables.items():
             keys, slots = table.live_slots(shard)
+            if at is not None:
+                limit = np.full(self.layout.n_shards, at, dtype=np.int64)
+                slots = table.slots_at(keys, limit)
+                keys, slots = keys[slots >= 0], slots[slots >= 0]
             order = np.argsort(keys)
             keys, slots = keys[order], slots[order]
             out[name] = TableRows(keys, table.slot_version[slots], table.rows[slots])
         return out
+
+    def dense_values(self, at: int | None = None) -> dict[str, DenseValue]:
+        """The dense tensors with their versions, now or as of version ``at``."""
+        if at is None:
+            return dict(self.dense.values)
+        records = reversed(list(self.log.records(self.layout.dense_shard)))
+        return self.dense.at(at, [r.dense_prev for r in records])
 
     # -- checks --------------------------------------------------------------------------------
 

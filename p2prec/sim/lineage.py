@@ -77,13 +77,34 @@ def _step(
     rng: np.random.Generator,
     epoch: int,
 ) -> ParamDelta:
+    delta = make_delta(layout, state.vector, keys, with_dense, rng, epoch)
+    for table, rows in delta.tables.items():
+        for i, key in enumerate(rows.keys):
+            state.rows[table][int(key)] = (int(rows.versions[i]), rows.rows[i])
+    for name, array in delta.dense.items():
+        state.dense[name] = (delta.versions[-1], array)
+    for shard, version in zip(delta.shards, delta.versions, strict=True):
+        state.vector[shard] = version
+    return delta
+
+
+def make_delta(
+    layout: StoreLayout,
+    vector: I64,
+    keys: dict[str, I64],
+    with_dense: bool,
+    rng: np.random.Generator,
+    epoch: int,
+) -> ParamDelta:
+    """The next step after ``vector``: new random rows for ``keys`` (unique per table), and
+    new dense tensors when ``with_dense``; every touched shard steps once, into ``epoch``."""
     touched = {
         int(s) for t, k in keys.items() for s in shard_of(table_salt(t), k, layout.row_shards)
     }
     if with_dense:
         touched.add(layout.dense_shard)
     shards = tuple(sorted(touched))
-    bases = tuple(int(state.vector[s]) for s in shards)
+    bases = tuple(int(vector[s]) for s in shards)
     versions = tuple(Version.unpack(b).next(epoch).packed for b in bases)
     step_version = dict(zip(shards, versions, strict=True))
     tables = {}
@@ -92,15 +113,7 @@ def _step(
         v = np.array([step_version[int(s)] for s in row_shards], dtype=np.int64)
         rows = rng.standard_normal((k.size, layout.dim)).astype(np.float32)
         tables[table] = TableRows(k.astype(np.int64), v, rows)
-        for i, key in enumerate(k):
-            state.rows[table][int(key)] = (int(v[i]), rows[i])
-    dense = {}
-    if with_dense:
-        w = rng.standard_normal((4, 3)).astype(np.float32)
-        dense["mlp.w"] = w
-        state.dense["mlp.w"] = (step_version[layout.dense_shard], w)
-    for shard, version in step_version.items():
-        state.vector[shard] = version
+    dense = {"mlp.w": rng.standard_normal((4, 3)).astype(np.float32)} if with_dense else {}
     return ParamDelta(shards, bases, versions, tables, dense)
 
 

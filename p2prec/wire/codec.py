@@ -4,7 +4,8 @@ Frames are ``[header, signature, buf0, buf1, ...]``:
 
 - ``header``: orjson bytes of a JSON object ``{"p": PROTOCOL_VERSION, "t": MsgType, <scalar
   fields and names>, "b": [[dtype, shape], ...]}``; ``b`` describes each buffer in order, with
-  ``dtype`` one of ``"<i8"``, ``"<f4"``, ``"<f2"``;
+  ``dtype`` one of ``"<i8"``, ``"<f4"``, ``"<f2"``, ``"<u8"``, ``"|u1"`` (each field allows only
+  its own);
 - ``signature``: 64-byte Ed25519 signature of ``frames_digest(header, buffers)`` for the types in
   ``SIGNED_TYPES``, empty for the others;
 - buffers: C-contiguous little-endian array bytes, sent without copying (memoryviews of the
@@ -16,8 +17,22 @@ stays a 512 KiB buffer instead of a megabyte of JSON to parse):
 - DELTA: ``created_ms``, ``tables`` (names), ``dense`` (names); buffers ``shards``, ``bases``,
   ``versions`` (``<i8`` ``(m,)``), then per table ``keys`` ``<i8 (n,)``, ``versions`` ``<i8
   (n,)``, ``rows`` ``<f4|<f2 (n, dim)``, then one ``<f4|<f2`` buffer per dense tensor;
-- VALIDATED: ``epoch``, ``created_ms``; buffer ``vector`` ``<i8 (S,)`` (packed versions);
+- VALIDATED: ``epoch``, ``created_ms``; buffers ``vector`` ``<i8 (S,)`` (packed versions),
+  ``shard_digests`` ``|u1 (32 * S,)`` or ``|u1 (0,)`` (signed with the rest);
 - ROLLBACK: ``new_epoch``, ``created_ms``; buffer ``to`` ``<i8 (S,)`` (packed versions).
+
+Mesh types (unsigned: empty signature frame; the transport authenticates the hop):
+
+- SYNC_DIGEST: ``sender``, ``epoch``, ``root`` (32 lowercase hex digits: the 16-byte Merkle
+  root), ``is_reply``; buffers ``vector`` ``<i8 (S,)``, ``watermark`` ``<i8 (S,)``, ``digests``
+  ``<u8 (S,)``;
+- SYNC_REQUEST: ``sender``, ``snapshot_only``; buffers ``shards`` ``<i8 (m,)`` (strictly
+  increasing), ``since`` ``<i8 (m,)`` (packed versions);
+- SHARD_SNAPSHOT: ``shard``, ``version``; buffer ``data`` ``|u1 (n,)`` (decoded as a read-only
+  memoryview of the frame);
+- CONTROL_REQUEST: ``sender``, ``epoch``; no buffers;
+- MEMBERSHIP: ``kind`` (1..64 chars), ``body`` (a JSON object, bounded by the header limit); no
+  buffers.
 
 ``decode`` raises ``RemoteProtocolError`` and nothing else for any bad input.
 """
@@ -40,10 +55,16 @@ from p2prec.wire.limits import DEFAULT_LIMITS, WireLimits
 from p2prec.wire.messages import (
     PROTOCOL_VERSION,
     SIGNED_TYPES,
+    ControlRequest,
+    MembershipEnvelope,
+    MeshMessage,
     Message,
     MsgType,
     ParamDelta,
     Rollback,
+    ShardSnapshot,
+    SyncDigest,
+    SyncRequest,
     TableRows,
     Validated,
 )
@@ -52,6 +73,11 @@ from p2prec.wire.signing import SIGNATURE_BYTES, Signer, Verifier
 #: Domain separation: a digest of these frames can never be mistaken for another signed thing.
 SIG_DOMAIN = b"p2prec/wire/frames/v1\x00"
 MAX_NAME_CHARS = 64
+MAX_SENDER_CHARS = 128
+#: Deepest nesting of lists and objects in a membership body.
+MAX_JSON_DEPTH = 32
+ROOT_BYTES = 16
+DIGEST_BYTES = 32
 MAX_NDIM = 8
 SHARD_LIMIT = 1 << 31
 INT64_MAX = (1 << 63) - 1
@@ -60,19 +86,24 @@ THREADED_DIGEST_BYTES = 1 << 20
 
 #: Anything with the buffer protocol: bytes, bytearray, memoryview, numpy arrays, zmq.Frame.
 FrameLike: TypeAlias = object
+#: Everything ``encode`` takes and ``decode`` returns.
+WireMessage: TypeAlias = Message | MeshMessage
 Frames: TypeAlias = list[bytes | memoryview]
 Header: TypeAlias = dict[str, Any]
 Array: TypeAlias = npt.NDArray[Any]
 
-_DTYPES = {code: np.dtype(code) for code in ("<i8", "<f4", "<f2")}
+_DTYPES = {code: np.dtype(code) for code in ("<i8", "<f4", "<f2", "<u8", "|u1")}
 _INT = ("<i8",)
 _FLOAT = ("<f4", "<f2")
+_U64 = ("<u8",)
+_BYTES = ("|u1",)
+_HEX = frozenset("0123456789abcdef")
 
 
 # --- public API -----------------------------------------------------------------------------
 
 
-def encode(msg: Message, signer: Signer | None) -> Frames:
+def encode(msg: WireMessage, signer: Signer | None) -> Frames:
     """Frames of ``msg``; the buffers are memoryviews of its arrays (copied only when they are
     not C-contiguous little-endian). Signed types are signed when ``signer`` is given; without
     one they go out with an empty signature frame, which only ``trust_unsigned`` decoding (local
@@ -100,7 +131,7 @@ def decode(
     limits: WireLimits = DEFAULT_LIMITS,
     *,
     trust_unsigned: bool = False,
-) -> Message:
+) -> WireMessage:
     """The message in ``frames``, its arrays read-only views of the frames (no copy).
 
     A type in ``SIGNED_TYPES`` must carry a valid signature of ``verifier``'s key. With
@@ -133,7 +164,7 @@ def frames_digest(header: bytes | memoryview, buffers: Sequence[memoryview]) -> 
 
 def _decode(
     frames: Sequence[FrameLike], verifier: Verifier | None, limits: WireLimits, trust: bool
-) -> Message:
+) -> WireMessage:
     views = _frame_views(frames, limits)
     header = _parse_header(views[0])
     mt = _msg_type(header)
@@ -252,6 +283,20 @@ def _int_field(header: Header, key: str, lo: int, hi: int) -> int:
     return int(value)
 
 
+def _bool_field(header: Header, key: str) -> bool:
+    value = header.get(key)
+    if type(value) is not bool:
+        raise RemoteProtocolError(f"{key} must be a bool, got {value!r}")
+    return value
+
+
+def _str_field(header: Header, key: str, max_chars: int) -> str:
+    value = header.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= max_chars:
+        raise RemoteProtocolError(f"{key} must be a string of 1..{max_chars} chars")
+    return value
+
+
 def _names(header: Header, key: str, max_count: int) -> list[str]:
     names = header.get(key)
     if not isinstance(names, list) or len(names) > max_count:
@@ -272,6 +317,17 @@ def _expect(arr: Array, what: str, dtypes: tuple[str, ...], ndim: int, n: int = 
 def _expect_count(arrays: list[Array], n: int) -> None:
     if len(arrays) != n:
         raise RemoteProtocolError(f"{len(arrays)} buffers where the header implies {n}")
+
+
+def _shard_ids(arr: Array, what: str, limits: WireLimits) -> int:
+    """Check a buffer of shard ids (strictly increasing, within range); their count."""
+    _expect(arr, what, _INT, 1)
+    m = int(arr.shape[0])
+    if m > limits.max_vector_len:
+        raise RemoteProtocolError(f"{what}: {m} shards, over the limit")
+    if m and (arr[0] < 0 or arr[-1] >= SHARD_LIMIT or np.any(arr[1:] <= arr[:-1])):
+        raise RemoteProtocolError(f"{what} must rise strictly within 0..{SHARD_LIMIT - 1}")
+    return m
 
 
 def _vector(arr: Array, what: str, limits: WireLimits) -> VersionVector:
@@ -302,6 +358,40 @@ def _float_array(value: npt.ArrayLike, what: str) -> Array:
     if arr.ndim > MAX_NDIM:
         raise ValueError(f"{what}: more than {MAX_NDIM} dimensions")
     return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")
+
+
+def _u64_array(value: npt.ArrayLike, what: str) -> Array:
+    arr = np.asarray(value)
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.uint64)
+    if arr.dtype.kind != "u":
+        raise ValueError(f"{what}: unsigned integer array expected, got {arr.dtype}")
+    return np.asarray(arr, dtype=_DTYPES["<u8"], order="C")
+
+
+def _byte_array(value: object, what: str) -> Array:
+    """A flat uint8 view of a bytes-like object, without copying."""
+    try:
+        view = memoryview(value)  # type: ignore[arg-type]
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")  # raises unless C-contiguous
+    except (TypeError, ValueError, BufferError) as exc:
+        raise ValueError(f"{what}: contiguous bytes expected: {exc}") from exc
+    if not view.c_contiguous:
+        raise ValueError(f"{what}: contiguous bytes expected")
+    return np.frombuffer(view, dtype=np.uint8)
+
+
+def _out_bool(value: bool, what: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{what} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _out_str(value: str, what: str, max_chars: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= max_chars:
+        raise ValueError(f"{what} must be a string of 1..{max_chars} chars, got {value!r}")
+    return value
 
 
 def _out_int(value: int, what: str, hi: int = INT64_MAX) -> int:
@@ -364,14 +454,9 @@ def _decode_delta(header: Header, arrays: list[Array], limits: WireLimits) -> Pa
 def _steps(
     shards: Array, bases: Array, versions: Array, limits: WireLimits
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    _expect(shards, "shards", _INT, 1)
-    m = shards.shape[0]
-    if m > limits.max_vector_len:
-        raise RemoteProtocolError(f"delta steps {m} shards, over the limit")
+    m = _shard_ids(shards, "shards", limits)
     _expect(bases, "bases", _INT, 1, m)
     _expect(versions, "versions", _INT, 1, m)
-    if m and (shards[0] < 0 or shards[-1] >= SHARD_LIMIT or np.any(shards[1:] <= shards[:-1])):
-        raise RemoteProtocolError(f"shards must rise strictly within 0..{SHARD_LIMIT - 1}")
     if m and (bases.min() < 0 or np.any(versions <= bases)):
         raise RemoteProtocolError("bases must be >= 0 and every version above its base")
     return tuple(shards.tolist()), tuple(bases.tolist()), tuple(versions.tolist())
@@ -394,14 +479,22 @@ def _encode_validated(msg: Validated) -> tuple[Header, list[Array]]:
         "epoch": _out_int(msg.epoch, "epoch", EPOCH_MAX),
         "created_ms": _out_int(msg.created_ms, "created_ms"),
     }
-    return fields, [_int_array(msg.vector.packed, "vector")]
+    digests = _byte_array(msg.shard_digests, "shard_digests")
+    if digests.size not in (0, DIGEST_BYTES * len(msg.vector)):
+        raise ValueError(f"shard_digests: {digests.size} bytes for {len(msg.vector)} shards")
+    return fields, [_int_array(msg.vector.packed, "vector"), digests]
 
 
 def _decode_validated(header: Header, arrays: list[Array], limits: WireLimits) -> Validated:
     epoch = _int_field(header, "epoch", 0, EPOCH_MAX)
     created_ms = _int_field(header, "created_ms", 0, INT64_MAX)
-    _expect_count(arrays, 1)
-    return Validated(_vector(arrays[0], "vector", limits), epoch, created_ms)
+    _expect_count(arrays, 2)
+    vector = _vector(arrays[0], "vector", limits)
+    _expect(arrays[1], "shard_digests", _BYTES, 1)
+    if arrays[1].size not in (0, DIGEST_BYTES * len(vector)):
+        raise RemoteProtocolError(f"shard_digests: {arrays[1].size} bytes for {len(vector)} shards")
+    # A copy (32 bytes a shard, one message per validation): immutable, hashable, comparable.
+    return Validated(vector, epoch, created_ms, arrays[1].tobytes())
 
 
 def _encode_rollback(msg: Rollback) -> tuple[Header, list[Array]]:
@@ -419,17 +512,166 @@ def _decode_rollback(header: Header, arrays: list[Array], limits: WireLimits) ->
     return Rollback(_vector(arrays[0], "to", limits), new_epoch, created_ms)
 
 
+def _encode_sync_digest(msg: SyncDigest) -> tuple[Header, list[Array]]:
+    root = _byte_array(msg.root, "root")
+    vector = _int_array(msg.vector.packed, "vector")
+    watermark = _int_array(msg.watermark.packed, "watermark")
+    digests = _u64_array(msg.digests, "digests")
+    if root.size != ROOT_BYTES:
+        raise ValueError(f"root must be {ROOT_BYTES} bytes, got {root.size}")
+    if watermark.shape != vector.shape or digests.shape != vector.shape:
+        raise ValueError("vector, watermark and digests must be flat and of equal length")
+    fields: Header = {
+        "sender": _out_str(msg.sender, "sender", MAX_SENDER_CHARS),
+        "epoch": _out_int(msg.epoch, "epoch", EPOCH_MAX),
+        "root": root.tobytes().hex(),
+        "is_reply": _out_bool(msg.is_reply, "is_reply"),
+    }
+    return fields, [vector, watermark, digests]
+
+
+def _decode_sync_digest(header: Header, arrays: list[Array], limits: WireLimits) -> SyncDigest:
+    sender = _str_field(header, "sender", MAX_SENDER_CHARS)
+    epoch = _int_field(header, "epoch", 0, EPOCH_MAX)
+    root = header.get("root")
+    if not (isinstance(root, str) and len(root) == 2 * ROOT_BYTES and _HEX.issuperset(root)):
+        raise RemoteProtocolError(f"root must be {2 * ROOT_BYTES} lowercase hex digits")
+    is_reply = _bool_field(header, "is_reply")
+    _expect_count(arrays, 3)
+    vector = _vector(arrays[0], "vector", limits)
+    _expect(arrays[1], "watermark", _INT, 1, len(vector))
+    watermark = _vector(arrays[1], "watermark", limits)
+    _expect(arrays[2], "digests", _U64, 1, len(vector))
+    return SyncDigest(sender, epoch, bytes.fromhex(root), vector, arrays[2], watermark, is_reply)
+
+
+def _encode_sync_request(msg: SyncRequest) -> tuple[Header, list[Array]]:
+    shards = _int_array(msg.shards, "shards")
+    since = _int_array(msg.since, "since")
+    if shards.ndim != 1 or since.shape != shards.shape:
+        raise ValueError("shards and since must be flat and of equal length")
+    fields: Header = {
+        "sender": _out_str(msg.sender, "sender", MAX_SENDER_CHARS),
+        "snapshot_only": _out_bool(msg.snapshot_only, "snapshot_only"),
+    }
+    return fields, [shards, since]
+
+
+def _decode_sync_request(header: Header, arrays: list[Array], limits: WireLimits) -> SyncRequest:
+    sender = _str_field(header, "sender", MAX_SENDER_CHARS)
+    snapshot_only = _bool_field(header, "snapshot_only")
+    _expect_count(arrays, 2)
+    m = _shard_ids(arrays[0], "shards", limits)
+    _expect(arrays[1], "since", _INT, 1, m)
+    if m and arrays[1].min() < 0:
+        raise RemoteProtocolError("since: negative packed version")
+    return SyncRequest(sender, tuple(arrays[0].tolist()), tuple(arrays[1].tolist()), snapshot_only)
+
+
+def _encode_shard_snapshot(msg: ShardSnapshot) -> tuple[Header, list[Array]]:
+    fields: Header = {
+        "shard": _out_int(msg.shard, "shard", SHARD_LIMIT - 1),
+        "version": _out_int(msg.version, "version"),
+    }
+    return fields, [_byte_array(msg.data, "data")]
+
+
+def _decode_shard_snapshot(
+    header: Header, arrays: list[Array], limits: WireLimits
+) -> ShardSnapshot:
+    shard = _int_field(header, "shard", 0, SHARD_LIMIT - 1)
+    version = _int_field(header, "version", 0, INT64_MAX)
+    _expect_count(arrays, 1)
+    _expect(arrays[0], "data", _BYTES, 1)
+    return ShardSnapshot(shard, version, arrays[0].data)  # a read-only view, no copy
+
+
+def _encode_control_request(msg: ControlRequest) -> tuple[Header, list[Array]]:
+    fields: Header = {
+        "sender": _out_str(msg.sender, "sender", MAX_SENDER_CHARS),
+        "epoch": _out_int(msg.epoch, "epoch", EPOCH_MAX),
+    }
+    return fields, []
+
+
+def _decode_control_request(
+    header: Header, arrays: list[Array], limits: WireLimits
+) -> ControlRequest:
+    sender = _str_field(header, "sender", MAX_SENDER_CHARS)
+    epoch = _int_field(header, "epoch", 0, EPOCH_MAX)
+    _expect_count(arrays, 0)
+    return ControlRequest(sender, epoch)
+
+
+def _json_problem(body: object) -> str | None:
+    """Why ``body`` is not plain JSON that round-trips unchanged (None when it is). Iterative:
+    a hostile body nests as deep as the header limit allows, far past Python's stack."""
+    stack: list[tuple[object, object, int]] = [(body, "body", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if value is None or isinstance(value, bool | str):
+            continue
+        if isinstance(value, int):
+            if not -(1 << 63) <= value < 1 << 64:
+                return f"body: at {key!r}: integer {value} does not fit 64 bits"
+        elif type(value) is float:  # (not numpy's float64: orjson refuses it)
+            if not math.isfinite(value):
+                return f"body: at {key!r}: non-finite float {value}"
+        elif isinstance(value, list | dict):
+            if depth >= MAX_JSON_DEPTH:
+                return f"body: at {key!r}: nested deeper than {MAX_JSON_DEPTH}"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for inner, item in items:
+                if isinstance(value, dict) and not isinstance(inner, str):
+                    return f"body: at {key!r}: key {inner!r} is not a string"
+                stack.append((item, inner, depth + 1))
+        else:
+            return f"body: at {key!r}: {type(value).__name__} is not a JSON value"
+    return None
+
+
+def _encode_membership(msg: MembershipEnvelope) -> tuple[Header, list[Array]]:
+    if not isinstance(msg.body, dict):
+        raise ValueError(f"body must be a dict, got {type(msg.body).__name__}")
+    problem = _json_problem(msg.body)
+    if problem:
+        raise ValueError(problem)
+    fields: Header = {"kind": _out_str(msg.kind, "kind", MAX_NAME_CHARS), "body": msg.body}
+    return fields, []
+
+
+def _decode_membership(
+    header: Header, arrays: list[Array], limits: WireLimits
+) -> MembershipEnvelope:
+    kind = _str_field(header, "kind", MAX_NAME_CHARS)
+    body = header.get("body")
+    if not isinstance(body, dict):
+        raise RemoteProtocolError("body must be a JSON object")
+    problem = _json_problem(body)  # (only the depth can be wrong in parsed JSON)
+    if problem:
+        raise RemoteProtocolError(problem)
+    _expect_count(arrays, 0)
+    return MembershipEnvelope(kind, body)
+
+
 @dataclass(frozen=True, slots=True)
 class _Codec:
     cls: type
     encode: Callable[[Any], tuple[Header, list[Array]]]
-    decode: Callable[[Header, list[Array], WireLimits], Message]
+    decode: Callable[[Header, list[Array], WireLimits], WireMessage]
 
 
 _CODECS: dict[MsgType, _Codec] = {
     MsgType.DELTA: _Codec(ParamDelta, _encode_delta, _decode_delta),
     MsgType.VALIDATED: _Codec(Validated, _encode_validated, _decode_validated),
     MsgType.ROLLBACK: _Codec(Rollback, _encode_rollback, _decode_rollback),
+    MsgType.SYNC_DIGEST: _Codec(SyncDigest, _encode_sync_digest, _decode_sync_digest),
+    MsgType.SYNC_REQUEST: _Codec(SyncRequest, _encode_sync_request, _decode_sync_request),
+    MsgType.SHARD_SNAPSHOT: _Codec(ShardSnapshot, _encode_shard_snapshot, _decode_shard_snapshot),
+    MsgType.CONTROL_REQUEST: _Codec(
+        ControlRequest, _encode_control_request, _decode_control_request
+    ),
+    MsgType.MEMBERSHIP: _Codec(MembershipEnvelope, _encode_membership, _decode_membership),
 }
 _TYPE_OF: dict[type, MsgType] = {codec.cls: mt for mt, codec in _CODECS.items()}
 

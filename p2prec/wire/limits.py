@@ -15,15 +15,16 @@ MIB = 1 << 20
 class WireLimits:
     """Size limits enforced by ``codec.decode`` before anything is parsed or hashed."""
 
-    # Largest single payload buffer (one embedding table's rows, one dense tensor).
+    # Largest single payload buffer (one embedding table's rows, one dense tensor, one shard
+    # snapshot).
     max_frame_bytes: int = 64 * MIB
     # Most frames in one message, header and signature included.
     max_frames: int = 256
-    # Largest JSON header.
+    # Largest JSON header (it bounds a membership message's body).
     max_header_bytes: int = 256 * KIB
     # Largest message, all frames together.
     max_message_bytes: int = 256 * MIB
-    # Longest version vector, and most shards one delta may step.
+    # Longest version vector, and most shards one delta may step or one sync request name.
     max_vector_len: int = 65536
     # Most embedding tables in one delta.
     max_tables: int = 64

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,12 @@ class MsgType(enum.IntEnum):
     DELTA = 1
     VALIDATED = 2
     ROLLBACK = 3
+    # Mesh messages: unsigned, authenticated hop by hop by the CURVE transport.
+    SYNC_DIGEST = 4
+    SYNC_REQUEST = 5
+    SHARD_SNAPSHOT = 6
+    CONTROL_REQUEST = 7
+    MEMBERSHIP = 8
 
 
 #: Message types that must carry a valid trainer signature to be accepted.
@@ -89,6 +95,9 @@ class Validated:
     epoch: int
     # Trainer wall clock at publication (ms since the Unix epoch).
     created_ms: int = 0
+    # BLAKE3-256 of each shard's canonical snapshot at ``vector`` (n_shards x 32 bytes, or
+    # empty): lets a node verify a full-shard snapshot served by an untrusted peer.
+    shard_digests: bytes = b""
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,4 +112,67 @@ class Rollback:
     created_ms: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class SyncDigest:
+    """Anti-entropy gossip: what the sender holds, enough to find and narrow a difference."""
+
+    sender: str
+    # Highest epoch the sender accepted: a peer on an older epoch asks for the control messages.
+    epoch: int
+    # Merkle root of the sender's content (16 bytes).
+    root: bytes
+    # Sender's version vector: shards where it is ahead are pulled from it.
+    vector: VersionVector
+    # Per-shard 64-bit content digests: narrow a difference between equal versions.
+    digests: npt.NDArray[np.uint64]
+    # Sender's validation watermark.
+    watermark: VersionVector
+    # True when sent in answer to a digest (no answer is given to an answer).
+    is_reply: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class SyncRequest:
+    """Ask a peer for what it holds past ``since`` in ``shards`` (the signed deltas when its log
+    reaches back, a verified snapshot at the watermark otherwise)."""
+
+    sender: str
+    shards: tuple[int, ...]
+    # Requester's packed versions of those shards.
+    since: tuple[int, ...]
+    # Shards whose content differs at equal versions: send a snapshot whatever the log holds.
+    snapshot_only: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ShardSnapshot:
+    """One shard's canonical snapshot at the validation watermark (model/snapshot.py bytes)."""
+
+    shard: int
+    version: int
+    # Decoded: a read-only memoryview of the received frame (zero-copy; snapshots are large).
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, eq=False)
+class ControlRequest:
+    """Ask a peer on a newer epoch for its signed rollback and validated messages."""
+
+    sender: str
+    epoch: int
+
+
+@dataclass(frozen=True, eq=False)
+class MembershipEnvelope:
+    """A membership (SWIM) message, carried as JSON until its own dataclasses are registered."""
+
+    # Which membership message this is (ping, ack, ...): 1..64 chars.
+    kind: str
+    # Its fields: JSON values only (str, int, float, bool, None, list, dict with str keys).
+    body: dict[str, Any]
+
+
 Message: TypeAlias = ParamDelta | Validated | Rollback
+MeshMessage: TypeAlias = (
+    SyncDigest | SyncRequest | ShardSnapshot | ControlRequest | MembershipEnvelope
+)

@@ -1,0 +1,54 @@
+"""The trainer's side of the protocol: publish deltas and control messages into the mesh.
+
+The publisher is a member of the mesh (it gossips, and serves catch-up as the last resort) but
+never part of a tree: it sends each delta to the root of its group's tree in every datacenter,
+so exactly one copy crosses into each datacenter. Its store is the head of the lineage.
+"""
+
+from __future__ import annotations
+
+from p2prec.core.deltalog import delta_nbytes
+from p2prec.core.effects import Effect, Note, Route, Send
+from p2prec.core.fencing import Signed, Verdict
+from p2prec.core.replica import Replica
+from p2prec.core.tree import group_of_shard
+from p2prec.wire.messages import ParamDelta, Rollback, Validated
+
+
+class Publisher(Replica):
+    """A replica that originates deltas, validations and rollbacks (see module docstring)."""
+
+    def publish(self, delta: ParamDelta, raw: object = None) -> list[Effect]:
+        """Apply ``delta`` to the head and send one copy to each datacenter's tree root."""
+        result = self.store.apply(delta)
+        if result.gaps or len(result.applied) != len(delta.shards):
+            raise ValueError(f"delta does not continue the head: {result}")
+        raw = delta if raw is None else raw
+        self.log.append(delta, raw, delta_nbytes(delta))
+        self.counters.applied += 1
+        group = group_of_shard(delta.shards[0], self.config.shard_groups) if delta.shards else 0
+        return self._to_roots(group, delta, raw)
+
+    def publish_validated(self, msg: Validated, raw: object = None) -> list[Effect]:
+        signed = Signed(msg, msg if raw is None else raw)
+        if not self.fencing.accept_validated(signed):
+            raise ValueError("validated message is stale or of another epoch")
+        self.store.validate(msg.vector)
+        return self._to_roots(0, msg, signed.raw)
+
+    def publish_rollback(self, msg: Rollback, raw: object = None) -> list[Effect]:
+        signed = Signed(msg, msg if raw is None else raw)
+        if self.fencing.accept_rollback(signed) is not Verdict.ADMIT:
+            raise ValueError(f"rollback must start epoch {self.fencing.epoch + 1}")
+        self.store.rollback(msg.to)
+        self.log.truncate_above(msg.to.packed)
+        self.counters.rollbacks += 1
+        return [Note("rolled_back", {"epoch": msg.new_epoch}), *self._to_roots(0, msg, signed.raw)]
+
+    def _to_roots(self, group: int, msg: object, raw: object) -> list[Effect]:
+        sends: list[Effect] = []
+        for root in self.tree.roots(group).values():
+            addr = self._addr_of(root)
+            if addr is not None:
+                sends.append(Send(addr, msg, raw, Route.TREE))
+        return sends
