@@ -164,7 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
     keygen.set_defaults(handler=_cmd_keygen)
+    _add_sim_command(sub)
     return parser
+
+
+def _add_sim_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = sub.add_parser("sim", help="simulate a faulty mesh over many seeds (virtual time)")
+    sim.add_argument("--nodes", type=int, default=12, help="inference nodes (default 12)")
+    sim.add_argument("--dcs", type=int, default=3, help="datacenters (default 3)")
+    sim.add_argument("--seeds", type=int, default=10, help="how many seeds (default 10)")
+    sim.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    sim.set_defaults(handler=_cmd_sim)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    """Print one line per seed; exit 1 if any run did not converge or broke an invariant."""
+    from p2prec.sim.runner import config_for, format_result, run_seeds
+
+    if args.nodes < 1 or args.dcs < 1 or args.seeds < 1:
+        raise CliError("--nodes, --dcs and --seeds must be >= 1")
+    config = config_for(args.nodes, args.dcs)
+    failed = 0
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for result in run_seeds(seeds, config):
+        print(format_result(result), flush=True)
+        failed += not result.ok
+    print(f"{args.seeds - failed} passed, {failed} failed")
+    return 1 if failed else EXIT_OK
 
 
 def _exit_status(exc: SystemExit) -> int:

@@ -37,6 +37,13 @@ class Send:
 
 
 @dataclass(frozen=True, eq=False)
+class Persist:
+    """A signed message was applied: append its frames to the node's log on disk."""
+
+    raw: object
+
+
+@dataclass(frozen=True, eq=False)
 class Note:
     """Something worth a log line or a metric (the core does not log)."""
 
@@ -44,4 +51,4 @@ class Note:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = Send | Note
+Effect = Send | Persist | Note

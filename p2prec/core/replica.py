@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from p2prec.core.deltalog import DeltaLog, delta_key, delta_nbytes
-from p2prec.core.effects import Effect, Incoming, Note, Route, Send
+from p2prec.core.effects import Effect, Incoming, Note, Persist, Route, Send
 from p2prec.core.fencing import Fencing, Signed, Verdict
 from p2prec.core.sync import (
     PeerView,
@@ -111,7 +111,7 @@ class Replica:
         self._tree: TreeView | None = None
         self._members: dict[str, MemberLike] = {}
         self._seen: OrderedDict[object, None] = OrderedDict()
-        self._gap: list[tuple[ParamDelta, object]] = []
+        self._gap: OrderedDict[object, tuple[ParamDelta, object]] = OrderedDict()
         self._views: dict[str, PeerView] = {}
         self._behind: dict[int, float] = {}  # shard -> when first seen behind a peer
         self._asked: dict[int, float] = {}  # shard -> when last pulled
@@ -148,7 +148,7 @@ class Replica:
 
     def next_deadline(self) -> float | None:
         times = [self._next_sync]
-        times += [t + self.config.repair_grace_s for t in self._behind.values()]
+        times += [self._pull_time(shard, since) for shard, since in self._behind.items()]
         membership = self.membership.next_deadline()
         if membership is not None:
             times.append(membership)
@@ -211,12 +211,29 @@ class Replica:
     def _apply(self, delta: ParamDelta, raw: object, repaired: bool) -> list[Effect]:
         effects, progressed = self._apply_one(delta, raw, repaired)
         while progressed and self._gap:  # an applied delta may close the gap of held ones
-            held, self._gap, progressed = self._gap, [], False
-            for h_delta, h_raw in held:
-                more, applied = self._apply_one(h_delta, h_raw, repaired=True)
-                effects += more
-                progressed = progressed or applied
+            progressed = False
+            for key, (h_delta, h_raw) in list(self._gap.items()):
+                readiness = self._readiness(h_delta)
+                if readiness == "gap":
+                    continue
+                del self._gap[key]
+                if readiness == "ready":
+                    more, applied = self._apply_one(h_delta, h_raw, repaired=True)
+                    effects += more
+                    progressed = progressed or applied
         return effects
+
+    def _readiness(self, delta: ParamDelta) -> str:
+        """ "ready" when a shard of ``delta`` can step now, "held" when every shard has it
+        already, "gap" when it still waits for an earlier step."""
+        vector = self.store.vector_view
+        waiting = False
+        for shard, base, version in zip(delta.shards, delta.bases, delta.versions, strict=True):
+            current = int(vector[shard]) if 0 <= shard < vector.size else 0
+            if base <= current < version:
+                return "ready"
+            waiting = waiting or current < base
+        return "gap" if waiting else "held"
 
     def _apply_one(
         self, delta: ParamDelta, raw: object, repaired: bool
@@ -244,19 +261,20 @@ class Replica:
         for shard in result.applied:
             self._behind.pop(shard, None)
         fields = {"created_ms": delta.created_ms, "repaired": repaired, "rows": result.rows_written}
-        return [Note("delta_applied", fields)], True
+        return [Persist(raw), Note("delta_applied", fields)], True
 
     def _hold(self, delta: ParamDelta, raw: object) -> None:
-        if any(delta_key(d) == delta_key(delta) for d, _ in self._gap):
+        key = delta_key(delta)
+        if key in self._gap:
             return
-        self._gap.append((delta, raw))
+        self._gap[key] = (delta, raw)
         if len(self._gap) > self.config.gap_buffer_max:
-            self._gap.pop(0)
+            self._gap.popitem(last=False)
             self.counters.gap_dropped += 1
 
     def _retry_held(self) -> list[Effect]:
         """Try the held deltas again (after a rollback or a restored snapshot)."""
-        held, self._gap = self._gap, []
+        held, self._gap = list(self._gap.values()), OrderedDict()
         effects: list[Effect] = []
         for delta, raw in held:
             effects += self._apply(delta, raw, repaired=True)
@@ -278,6 +296,7 @@ class Replica:
             return [*effects, Send(addr, ControlRequest(self.node_id, self.fencing.epoch))]
         if len(msg.vector) == self.store.layout.n_shards and self.fencing.accept_validated(signed):
             self.store.validate(msg.vector)
+            effects.append(Persist(signed.raw))
             effects.append(Note("validated", {"epoch": msg.epoch, "v": msg.vector.summary()}))
         return effects
 
@@ -298,7 +317,7 @@ class Replica:
             "rolled_back",
             {"epoch": msg.new_epoch, "to": msg.to.summary(), "shards_refetched": lost},
         )
-        return [note, *self._retry_held()]
+        return [Persist(signed.raw), note, *self._retry_held()]
 
     def _roll_back(self, msg: Rollback) -> list[int]:
         """Undo everything above ``msg.to``; shards whose undo information does not reach back
@@ -309,7 +328,9 @@ class Replica:
             self.log.reset_shard(shard, 0)
         self.store.rollback(msg.to)
         self.log.truncate_above(msg.to.packed)
-        self._gap = [(d, r) for d, r in self._gap if self.fencing.judge(d) is not Verdict.FENCED]
+        for key, (delta, _) in list(self._gap.items()):
+            if self.fencing.judge(delta) is Verdict.FENCED:
+                del self._gap[key]
         return lost
 
     def _send_control(self, addr: str) -> list[Effect]:
@@ -352,16 +373,21 @@ class Replica:
             effects.append(Send(addr, request_for(self.node_id, self.store, diverged, True)))
         return effects
 
+    def _pull_time(self, shard: int, since: float) -> float:
+        """When a shard seen behind at ``since`` may be pulled: after the grace period, and
+        not before an unanswered earlier pull has timed out."""
+        asked = self._asked.get(shard)
+        due = since + self.config.repair_grace_s
+        return due if asked is None else max(due, asked + self.config.request_timeout_s)
+
     def _pull_due(self, now: float) -> list[Effect]:
         """Pull the shards that stayed behind past the grace period, grouped by source."""
         by_source: dict[str, list[int]] = {}
         for shard, since in list(self._behind.items()):
-            if now < since + self.config.repair_grace_s:
-                continue
-            if now < self._asked.get(shard, -1e18) + self.config.request_timeout_s:
+            if now < self._pull_time(shard, since):
                 continue
             target = self._best_known(shard)
-            if target <= int(self.store.vector.packed[shard]):
+            if target <= int(self.store.vector_view[shard]):
                 del self._behind[shard]
                 continue
             source = pick_source(shard, target, self._views, self.dc, self.rng)

@@ -50,7 +50,7 @@ def diverged_shards(store: ParamStore, epoch: int, peer: SyncDigest) -> list[int
     signed deltas; repaired by a verified snapshot if it does)."""
     if peer.epoch != epoch or len(peer.vector) != store.layout.n_shards:
         return []
-    same = store.vector.packed == peer.vector.packed
+    same = store.vector_view == peer.vector.packed
     return [int(s) for s in np.flatnonzero(same & (store.digests != peer.digests))]
 
 
@@ -116,5 +116,5 @@ def request_for(
     node_id: str, store: ParamStore, shards: Iterable[int], snapshot_only: bool = False
 ) -> SyncRequest:
     chosen = tuple(sorted(set(shards)))
-    since = tuple(int(store.vector.packed[s]) for s in chosen)
+    since = tuple(int(store.vector_view[s]) for s in chosen)
     return SyncRequest(node_id, chosen, since, snapshot_only)

@@ -103,6 +103,13 @@ class ParamStore:
         return VersionVector(self._vector)
 
     @property
+    def vector_view(self) -> I64:
+        """The version vector as a read-only view of the live array (no copy: read it now)."""
+        view = self._vector.view()
+        view.flags.writeable = False
+        return view
+
+    @property
     def watermark(self) -> VersionVector:
         return VersionVector(self._watermark)
 

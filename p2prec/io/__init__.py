@@ -1,0 +1,1 @@
+"""asyncio + pyzmq drivers: the CURVE transport, key files, the replica driver, persistence."""

@@ -1,0 +1,188 @@
+"""A node's state on local disk: per-shard snapshots plus the signed messages applied since.
+
+Layout of ``data_dir``::
+
+    shards/<shard>.snap    canonical shard snapshots (model/snapshot.py), replaced atomically
+    control.log            the signed rollbacks and the newest validation (fencing state)
+    log/<segment>.log      every signed message (delta, validated, rollback) applied since the
+                           snapshots, as its original frames, in the order it was applied
+
+A restarted node restores the snapshots, then replays the log through the same code path that
+applies messages from peers (signatures verified again), so it serves at once from disk and
+fetches only what changed while it was down. A checkpoint writes the shards changed since the
+last one, starts a new log segment and deletes the segments the snapshots now cover.
+Torn writes at the tail of a log (a crash mid-append) are detected and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shard
+from p2prec.model.store import ParamStore
+
+_COUNT = struct.Struct("<I")
+_LEN = struct.Struct("<Q")
+_MAGIC = b"P2PLOG1\n"
+FrameBytes = bytes | memoryview
+
+
+class DiskError(RuntimeError):
+    """The data directory cannot be used (permissions, a corrupt snapshot of this layout)."""
+
+
+class NodeDisk:
+    """Snapshots and the message log of one node (see module docstring)."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], fsync: bool = True) -> None:
+        self.root = Path(data_dir)
+        self.fsync = fsync
+        self.shard_dir = self.root / "shards"
+        self.log_dir = self.root / "log"
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._segment = self._last_segment() + 1
+        self._log: BinaryIO | None = None
+        self.bytes_logged = 0
+
+    # -- the message log ---------------------------------------------------------------------
+
+    def append(self, frames: Sequence[FrameBytes]) -> None:
+        """Log one applied signed message (its frames, as received)."""
+        if self._log is None:
+            self._log = self._open_segment(self._segment)
+        record = _record(frames)
+        self._log.write(record)
+        self.bytes_logged += len(record)
+
+    def flush(self) -> None:
+        if self._log is not None:
+            self._log.flush()
+            if self.fsync:
+                os.fsync(self._log.fileno())
+
+    def replay(self) -> Iterator[list[bytes]]:
+        """Every logged message in order (a torn record at the end of a segment is skipped)."""
+        for path in sorted(self.log_dir.glob("*.log"), key=_segment_number):
+            yield from _read_segment(path)
+
+    # -- snapshots and checkpoints -----------------------------------------------------------
+
+    def checkpoint(self, store: ParamStore, shards: Sequence[int]) -> None:
+        """Write ``shards`` (those changed since the last checkpoint) and drop covered logs.
+
+        Every shard changed since the previous checkpoint must be in ``shards``: the logs
+        that are deleted held the only other copy of those changes."""
+        self.flush()
+        for shard in shards:
+            _write_atomic(
+                self.shard_dir / f"{shard}.snap", snapshot_shard(store, shard), self.fsync
+            )
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        old = sorted(self.log_dir.glob("*.log"), key=_segment_number)
+        self._segment = self._last_segment() + 1
+        for path in old:
+            path.unlink()
+
+    def save_control(self, messages: Sequence[Sequence[FrameBytes]]) -> None:
+        """Keep the signed rollbacks and newest validation (fencing survives a restart)."""
+        records = [_MAGIC] + [_record(frames) for frames in messages]
+        _write_atomic(self.root / "control.log", b"".join(records), self.fsync)
+
+    def load_control(self) -> list[list[bytes]]:
+        path = self.root / "control.log"
+        return list(_read_segment(path)) if path.exists() else []
+
+    def load_snapshots(self, store: ParamStore) -> list[int]:
+        """Restore every shard snapshot on disk into ``store``; returns the shards restored."""
+        restored = []
+        for path in sorted(self.shard_dir.glob("*.snap")):
+            try:
+                restored.append(restore_shard(store, path.read_bytes()))
+            except SnapshotError as exc:
+                raise DiskError(f"{path}: {exc}") from None
+        return restored
+
+    def close(self) -> None:
+        self.flush()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _open_segment(self, number: int) -> BinaryIO:
+        handle = (self.log_dir / f"{number:012d}.log").open("ab")
+        if handle.tell() == 0:
+            handle.write(_MAGIC)
+        return handle
+
+    def _last_segment(self) -> int:
+        numbers = [_segment_number(p) for p in self.log_dir.glob("*.log")]
+        return max(numbers, default=0)
+
+
+def _record(frames: Sequence[FrameBytes]) -> bytes:
+    parts: list[bytes | memoryview] = [_COUNT.pack(len(frames))]
+    for frame in frames:
+        view = memoryview(frame)
+        parts += [_LEN.pack(view.nbytes), view]
+    body = b"".join(parts)
+    return _LEN.pack(len(body)) + body
+
+
+def _segment_number(path: Path) -> int:
+    try:
+        return int(path.stem)
+    except ValueError:
+        return -1
+
+
+def _read_segment(path: Path) -> Iterator[list[bytes]]:
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        return
+    offset = len(_MAGIC)
+    while offset + _LEN.size <= len(data):
+        (size,) = _LEN.unpack_from(data, offset)
+        record = data[offset + _LEN.size : offset + _LEN.size + size]
+        if len(record) < size:
+            return  # torn tail: the crash came mid-append
+        frames = _parse_record(record)
+        if frames is None:
+            return
+        yield frames
+        offset += _LEN.size + size
+
+
+def _parse_record(record: bytes) -> list[bytes] | None:
+    if len(record) < _COUNT.size:
+        return None
+    (count,) = _COUNT.unpack_from(record, 0)
+    offset, frames = _COUNT.size, []
+    for _ in range(count):
+        if offset + _LEN.size > len(record):
+            return None
+        (size,) = _LEN.unpack_from(record, offset)
+        offset += _LEN.size
+        if offset + size > len(record):
+            return None
+        frames.append(record[offset : offset + size])
+        offset += size
+    return frames if offset == len(record) else None
+
+
+def _write_atomic(path: Path, data: bytes, fsync: bool) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
