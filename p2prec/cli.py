@@ -11,8 +11,10 @@ Errors (bad config, existing keys, I/O) exit with status 2 and one line on stder
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
+import signal
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -112,6 +114,8 @@ def _refuse_overwrite(paths: Sequence[Path], force: bool) -> None:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.curve:
+        return _curve_keygen(config.keys.curve_dir, args.curve, args.force)
     private = Path(config.keys.trainer_signing_key)
     public = Path(config.keys.trainer_public_key)
     _refuse_overwrite((private, public), args.force)
@@ -131,6 +135,20 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         public_key=str(public),
         public_key_hex=signer.public_key_bytes.hex(),
     )
+    return EXIT_OK
+
+
+def _curve_keygen(curve_dir: str, node_ids: list[str], force: bool) -> int:
+    """CURVE key pairs for mesh members: curve_dir/<id>.key (public: the allow-list) and
+    curve_dir/<id>.key_secret (stays on that member's machine)."""
+    from p2prec.io.curve import generate_node_keys
+
+    for node_id in node_ids:
+        try:
+            public, secret = generate_node_keys(curve_dir, node_id, force=force)
+        except (FileExistsError, ValueError, OSError) as exc:
+            raise CliError(f"keygen --curve: {exc}") from None
+        print(f"{node_id}: {public} {secret}")
     return EXIT_OK
 
 
@@ -163,9 +181,50 @@ def build_parser() -> argparse.ArgumentParser:
         "keygen", parents=[options], help="write the trainer's Ed25519 key pair (keys.*)"
     )
     keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keygen.add_argument(
+        "--curve",
+        nargs="+",
+        metavar="NODE_ID",
+        help="instead: CURVE key pairs of these mesh members, in keys.curve_dir",
+    )
     keygen.set_defaults(handler=_cmd_keygen)
     _add_sim_command(sub)
+    node = sub.add_parser(
+        "node", parents=[options], help="run one mesh member (node, or the trainer's publisher)"
+    )
+    node.set_defaults(handler=_cmd_node)
     return parser
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    """Run until SIGINT or SIGTERM; the only asyncio.run() of the program."""
+    config = _load(args)
+    from p2prec.log import configure_logging
+
+    configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    try:
+        asyncio.run(_serve_node(config))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"node: {exc}") from None
+    return EXIT_OK
+
+
+async def _serve_node(config: Config) -> None:
+    from p2prec.io.node import NodeDriver
+    from p2prec.wire.signing import Signer, Verifier
+
+    verifier = Verifier.load(config.keys.trainer_public_key)
+    signer = Signer.load(config.keys.trainer_signing_key) if config.node.role == "trainer" else None
+    driver = NodeDriver(config, verifier, signer)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await driver.start()
+    try:
+        await stop.wait()
+    finally:
+        await driver.close()
 
 
 def _add_sim_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

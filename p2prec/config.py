@@ -289,9 +289,16 @@ class WireConfig(_Section):
 
 
 def _check_seed(key: str, seed: str) -> None:
-    host, _, port = seed.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: expected 'host:port' entries, got {seed!r}")
+    node_id, _, addr = seed.rpartition("@")
+    host, _, port = addr.rpartition(":")
+    if not node_id or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected 'node_id@host:port' entries, got {seed!r}")
+
+
+def parse_seed(seed: str) -> tuple[str, str]:
+    """``'node_id@host:port'`` -> ``(node_id, 'host:port')`` (the id names its CURVE key)."""
+    node_id, _, addr = seed.rpartition("@")
+    return node_id, addr
 
 
 @dataclass(frozen=True)
@@ -324,7 +331,11 @@ class MeshConfig(_Section):
         10.0, "Seconds between attempts to rejoin the seeds while cut off from the mesh.", gt=0
     )
     fanout: int = _key(4, "Children per node in the k-ary dissemination tree.", ge=1, le=64)
-    seeds: tuple[str, ...] = _key((), "Peers to join through, as 'host:port'.")
+    seeds: tuple[str, ...] = _key(
+        (),
+        "Peers to join through, as 'node_id@host:port' (the id names the peer's CURVE "
+        "public key in keys.curve_dir).",
+    )
     bind_host: str = _key("127.0.0.1", "Address the mesh socket binds to.")
     port: int = _key(0, "Port the mesh socket binds to; 0 picks a free one.", ge=0, le=65535)
     anti_entropy_interval_s: float = _key(
@@ -336,6 +347,33 @@ class MeshConfig(_Section):
         "anti-entropy repairs.",
         ge=1,
         le=1 << 20,
+    )
+    shard_groups: int = _key(
+        4, "Shard groups, one dissemination tree each (spreads relay work).", ge=1, le=4096
+    )
+    publisher_id: str = _key("trainer", "Member id of the trainer (never part of a tree).")
+    repair_grace_s: float = _key(
+        0.5,
+        "Seconds a shard may lag a peer before it is pulled (a delta may be in flight).",
+        gt=0,
+    )
+    request_timeout_s: float = _key(
+        2.0, "Seconds before an unanswered catch-up request may be sent again.", gt=0
+    )
+    wan_sync_share: float = _key(
+        0.1, "Share of anti-entropy digests sent to another datacenter.", ge=0, le=1
+    )
+    delta_log_bytes_max: int = _key(
+        256 << 20,
+        "Bytes of signed deltas kept in memory to serve incremental catch-up; must exceed "
+        "the unvalidated tail (older gaps are repaired with verified snapshots).",
+        ge=1,
+    )
+    gap_buffer_max: int = _key(
+        256, "Deltas held while an earlier one is missing (overflow: counted drop).", ge=1
+    )
+    checkpoint_interval_s: float = _key(
+        10.0, "Seconds between checkpoints of changed shards to node.data_dir.", gt=0
     )
 
     def check(self) -> None:

@@ -64,10 +64,10 @@ def test_config_show_prints_commented_toml(capsys: Capture) -> None:
 
 def test_config_show_file_preset_and_overrides(capsys: Capture) -> None:
     argv = ["config", "show", "--config", str(CONF / "wan.toml"), "--set", "mesh.port=7001"]
-    assert main([*argv, "--set", "node.id=x-1", "--set", 'mesh.seeds=["h:1"]']) == 0
+    assert main([*argv, "--set", "node.id=x-1", "--set", 'mesh.seeds=["h@h:1"]']) == 0
     config = build_config(tomllib.loads(capsys.readouterr().out))
     assert config.preset == "wan"
-    assert (config.mesh.port, config.node.id, config.mesh.seeds) == (7001, "x-1", ("h:1",))
+    assert (config.mesh.port, config.node.id, config.mesh.seeds) == (7001, "x-1", ("h@h:1",))
 
 
 def test_config_show_json(capsys: Capture) -> None:
@@ -176,3 +176,12 @@ def test_keygen_unwritable_path(tmp_path: Path, capsys: Capture) -> None:
     argv = ["keygen", "--set", f'keys.trainer_signing_key="{blocker / "t.key"}"']
     assert main(argv) == 2
     assert_one_error_line(capsys, "keygen:")
+
+
+def test_keygen_curve_writes_member_key_pairs(tmp_path: Path) -> None:
+    argv = ["keygen", "--set", f"keys.curve_dir={tmp_path / 'curve'}", "--curve", "n1", "n2"]
+    assert main(argv) == 0
+    names = sorted(p.name for p in (tmp_path / "curve").iterdir())
+    assert names == ["n1.key", "n1.key_secret", "n2.key", "n2.key_secret"]
+    assert main(argv) == 2  # never overwrites without --force
+    assert main([*argv, "--force"]) == 0

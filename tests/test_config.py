@@ -102,7 +102,8 @@ def test_every_key_has_a_doc() -> None:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_commented_toml_round_trips(preset: str) -> None:
-    config = load_config(preset, {"mesh.seeds": ["a:1", "b:2"], "keys.curve_dir": 'k "q" \\x\tü'})
+    seeds = ["a@a:1", "b@b:2"]
+    config = load_config(preset, {"mesh.seeds": seeds, "keys.curve_dir": 'k "q" \\x\tü'})
     text = config.to_toml_commented()
     assert build_config(tomllib.loads(text)) == config
     assert "# Seconds between gossip rounds" in text
@@ -118,8 +119,8 @@ def test_every_key_is_rendered_after_its_doc() -> None:
 
 
 def test_to_dict_is_plain() -> None:
-    data = load_config(overrides={"mesh.seeds": ["h:1"]}).to_dict()
-    assert data["mesh"]["seeds"] == ["h:1"]
+    data = load_config(overrides={"mesh.seeds": ["h@h:1"]}).to_dict()
+    assert data["mesh"]["seeds"] == ["h@h:1"]
     assert data["store"]["tables"] == ["user", "item"]
 
 
@@ -165,7 +166,7 @@ def test_shipped_conf_files_agree_on_the_data_model() -> None:
         ("[mesh]\nfanout = 2.5\n", "mesh.fanout: expected an integer"),
         ("[mesh]\nfanout = true\n", "mesh.fanout: expected an integer"),
         ("[mesh]\nseeds = 'a:1'\n", "mesh.seeds: expected a list of strings"),
-        ("[mesh]\nseeds = ['nohost']\n", "mesh.seeds: expected 'host:port'"),
+        ("[mesh]\nseeds = ['nohost']\n", "mesh.seeds: expected 'node_id@host:port'"),
         ("[mesh]\nprobe_timeout_s = 2.0\n", "mesh.probe_timeout_s: must be below"),
         ("[mesh]\ngossip_interval_s = nan\n", "mesh.gossip_interval_s: expected a number"),
         ("[store]\nrow_shards = 0\n", "store.row_shards: expected an integer in 1..65536, got 0"),

@@ -434,6 +434,33 @@ def test_accusations_and_older_lives_of_itself_are_outbid() -> None:
     assert m.drain_changes() == []  # own refutations are not changes of others
 
 
+def test_other_layers_can_carry_the_piggyback() -> None:
+    a, b = node("a"), node("b")
+    a.merge([rec("c", SUSPECT)], 0.0)  # unknown: ignored
+    a.merge([rec("c")], 0.0)
+    b.merge(a.piggyback(16), 0.0)
+    assert {r.node_id for r in b.alive_members()} == {"a", "b", "c"}
+    for _ in range(retransmit_limit(4, 3)):
+        a.piggyback(16)
+    assert a.piggyback(16) == []  # every update was sent its retransmit limit
+
+
+def test_probes_go_round_robin_over_a_shuffled_order() -> None:
+    m = node("a")
+    _with_peers(m, ["b", "c", "d", "e"])
+    targets: list[str] = []
+    now = 0.0
+    while len(targets) < 12:
+        now = max(m.next_deadline() or now, now)
+        for ping in of_type(m.tick(now), Ping):  # every probe is answered at once
+            targets.append(ping.msg.target_id)
+            m.receive(Ack(ping.msg.seq, ping.msg.target_id, []), ping.addr, now)
+    rounds = [targets[i : i + 4] for i in range(0, 12, 4)]
+    assert all(sorted(r) == ["b", "c", "d", "e"] for r in rounds), rounds
+    assert len({tuple(r) for r in rounds}) > 1, "the order should be reshuffled each round"
+    assert now < 13.0 and m.local_health == 1
+
+
 def test_dead_in_a_push_pull_only_raises_suspicion() -> None:
     m = node("a")
     m.merge([rec("b")], 0.0)

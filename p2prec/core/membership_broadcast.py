@@ -8,6 +8,7 @@ so fresh news spreads before stale news.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,10 @@ class _Queued:
     record: MemberRecord
     transmits: int
     order: int  # rises with every push: higher is newer
+
+
+def _least_sent_newest(queued: _Queued) -> tuple[int, int]:
+    return queued.transmits, -queued.order
 
 
 class BroadcastQueue:
@@ -49,7 +54,7 @@ class BroadcastQueue:
         the queue once sent ``limit`` times."""
         if max_items <= 0 or not self._items:
             return []
-        best = sorted(self._items.values(), key=lambda q: (q.transmits, -q.order))[:max_items]
+        best = heapq.nsmallest(max_items, self._items.values(), key=_least_sent_newest)
         for queued in best:
             queued.transmits += 1
             if queued.transmits >= limit:

@@ -118,12 +118,14 @@ def is_sane(record: object) -> bool:
     a driver may hand the core messages it did not build through ``from_body``)."""
     if not isinstance(record, MemberRecord):
         return False
-    names = (record.node_id, record.addr, record.dc, record.reporter)
+    for name in (record.node_id, record.addr, record.dc, record.reporter):
+        if not isinstance(name, str) or len(name) > NAME_CHARS_MAX:
+            return False
+    incarnation = record.incarnation
     return (
-        all(isinstance(n, str) and len(n) <= NAME_CHARS_MAX for n in names)
-        and bool(record.node_id)
-        and isinstance(record.incarnation, int)
-        and 0 <= record.incarnation <= INCARNATION_MAX
+        bool(record.node_id)
+        and isinstance(incarnation, int)
+        and 0 <= incarnation <= INCARNATION_MAX
         and isinstance(record.state, MemberState)
     )
 

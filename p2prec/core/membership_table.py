@@ -64,6 +64,7 @@ class MemberTable:
         self.broadcasts = BroadcastQueue()
         self.broadcasts.push(me)
         self._changes: deque[MemberRecord] = deque()
+        self._cluster_size: int | None = None  # cached; reset whenever a state changes
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -75,7 +76,9 @@ class MemberTable:
         return [r for r in self.records.values() if r.state in PROBED]
 
     def cluster_size(self) -> int:
-        return sum(1 for r in self.records.values() if r.state in PROBED)
+        if self._cluster_size is None:
+            self._cluster_size = sum(1 for r in self.records.values() if r.state in PROBED)
+        return self._cluster_size
 
     def piggyback(self, max_items: int) -> list[MemberRecord]:
         limit = retransmit_limit(self.config.retransmit_mult, self.cluster_size())
@@ -124,17 +127,16 @@ class MemberTable:
             self._accept(record, now)
 
     def _on_alive(self, record: MemberRecord, current: MemberRecord | None, now: float) -> None:
-        record = replace(record, reporter=record.node_id)
-        if current is None:
-            if len(self.records) >= self.config.members_max:
-                self.counters.dropped += 1
-                return
-            self._accept(record, now)
-            self.on_new_member(record.node_id)
         # Same incarnation at another address: a restarted node that has not yet outbid its
         # old life; it will once it sees the old record (Membership leads replies with it).
-        elif record.incarnation > current.incarnation:
-            self._accept(record, now)
+        if current is not None and record.incarnation <= current.incarnation:
+            return
+        if current is None and len(self.records) >= self.config.members_max:
+            self.counters.dropped += 1
+            return
+        self._accept(replace(record, reporter=record.node_id), now)
+        if current is None:
+            self.on_new_member(record.node_id)
 
     def _on_suspect(self, record: MemberRecord, current: MemberRecord, now: float) -> None:
         if current.state in GONE:
@@ -164,6 +166,7 @@ class MemberTable:
         node_id = record.node_id
         previous = self.records.get(node_id)
         self.records[node_id] = record
+        self._cluster_size = None
         if record.state is not SUSPECT:
             self.suspicions.pop(node_id, None)
         if record.state in GONE:
@@ -206,6 +209,7 @@ class MemberTable:
         left = replace(self.me, incarnation=min(self.me.incarnation + 1, INCARNATION_MAX))
         left = replace(left, state=LEFT)
         self.records[self.self_id] = left
+        self._cluster_size = None
         self.broadcasts.push(left)
 
     # -- timers ----------------------------------------------------------------------------------
@@ -233,6 +237,7 @@ class MemberTable:
             del self.gone_since[node_id]
             del self.records[node_id]
             self.broadcasts.discard(node_id)
+            self._cluster_size = None
 
     # -- invariants ------------------------------------------------------------------------------
 
@@ -254,6 +259,8 @@ class MemberTable:
             assert record.incarnation <= held.incarnation, (record, held)
             assert transmits >= 0
         assert 1 <= self.health.multiplier <= self.config.awareness_max_multiplier
+        size = sum(1 for r in self.records.values() if r.state in PROBED)
+        assert self.cluster_size() == size, (self.cluster_size(), size)
 
 
 def _visible(record: MemberRecord) -> tuple[MemberState, str, str]:

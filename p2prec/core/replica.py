@@ -343,7 +343,7 @@ class Replica:
         if not peers:
             return []
         local = [m for m in peers if m.dc == self.dc and m.node_id != self.config.publisher_id]
-        remote = [m for m in peers if m not in local]
+        remote = [m for m in peers if m.dc != self.dc or m.node_id == self.config.publisher_id]
         wan = not local or (remote and self.rng.random() < self.config.wan_sync_share)
         pool = remote if wan else local
         peer = pool[int(self.rng.integers(0, len(pool)))]

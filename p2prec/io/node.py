@@ -1,0 +1,309 @@
+"""The asyncio driver of one replica: transport, timers, persistence (DESIGN.md section 3).
+
+One owner task holds the replica: messages from the transport are decoded (signatures
+verified) and handed to ``Replica.handle``; one timer wakes the replica at its
+``next_deadline()``; ``Send`` effects go to the transport, ``Persist`` effects to the node's log
+on disk, ``Note`` effects to structlog. The same driver runs the trainer's ``Publisher``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from p2prec.config import Config, parse_seed
+from p2prec.core.effects import Effect, Incoming, Note, Persist, Send
+from p2prec.core.fencing import Signed
+from p2prec.core.membership import Membership
+from p2prec.core.membership_config import MembershipConfig
+from p2prec.core.membership_messages import from_body, to_body
+from p2prec.core.publisher import Publisher
+from p2prec.core.replica import Replica, ReplicaConfig
+from p2prec.io.persistence import NodeDisk
+from p2prec.io.transport import Envelope, PeerClass, Transport
+from p2prec.log import get_logger
+from p2prec.model.layout import StoreLayout
+from p2prec.model.store import ParamStore
+from p2prec.wire.codec import decode, encode
+from p2prec.wire.errors import RemoteProtocolError
+from p2prec.wire.messages import MembershipEnvelope, ParamDelta, Rollback, Validated
+from p2prec.wire.signing import Signer, Verifier
+
+log = get_logger("p2prec.node")
+
+
+def replica_config(config: Config) -> ReplicaConfig:
+    mesh = config.mesh
+    return ReplicaConfig(
+        fanout=mesh.fanout,
+        shard_groups=mesh.shard_groups,
+        publisher_id=mesh.publisher_id,
+        anti_entropy_interval_s=mesh.anti_entropy_interval_s,
+        wan_sync_share=mesh.wan_sync_share,
+        repair_grace_s=mesh.repair_grace_s,
+        request_timeout_s=mesh.request_timeout_s,
+        gap_buffer_max=mesh.gap_buffer_max,
+        delta_log_bytes_max=mesh.delta_log_bytes_max,
+    )
+
+
+def membership_config(config: Config) -> MembershipConfig:
+    mesh = config.mesh
+    return MembershipConfig(
+        probe_interval_s=mesh.probe_interval_s,
+        probe_timeout_s=mesh.probe_timeout_s,
+        suspicion_mult=mesh.suspicion_mult,
+        gossip_interval_s=mesh.gossip_interval_s,
+        gossip_nodes=mesh.gossip_nodes,
+        dead_node_reclaim_s=mesh.dead_node_reclaim_s,
+        rejoin_interval_s=mesh.rejoin_interval_s,
+    )
+
+
+def store_layout(config: Config) -> StoreLayout:
+    store = config.store
+    return StoreLayout(
+        row_shards=store.row_shards, dim=store.dim, tables=tuple(store.tables), dtype=store.dtype
+    )
+
+
+@dataclass
+class DriverCounters:
+    decode_rejected: int = 0  # frames that failed decoding or signature verification
+    persisted: int = 0
+    checkpoints: int = 0
+
+
+class NodeDriver:
+    """Runs one replica (a node, or the trainer's publisher) in this process."""
+
+    def __init__(self, config: Config, verifier: Verifier, signer: Signer | None = None) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.signer = signer  # the trainer's: only the publisher signs
+        self.limits = config.wire.limits()
+        self.counters = DriverCounters()
+        self.disk = NodeDisk(config.node.data_dir)
+        self.transport = Transport.from_config(config, self._on_message, self._peer_class)
+        self.replica: Replica | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._checkpointed: tuple[np.ndarray, np.ndarray] | None = None
+        self._t0 = time.monotonic()
+        self._dc_of: dict[str, str] = {}
+
+    @property
+    def is_publisher(self) -> bool:
+        return self.config.node.role == "trainer"
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        addr = await self.transport.start()
+        store = ParamStore(
+            store_layout(self.config),
+            self.config.store.undo_rows_max,
+            self.config.store.changelog_rows_max,
+            self.config.store.initial_rows,
+        )
+        seeds = []
+        for seed in self.config.mesh.seeds:
+            node_id, seed_addr = parse_seed(seed)
+            self.transport.add_peer(seed_addr, node_id)
+            seeds.append(seed_addr)
+        membership = Membership(
+            self.config.node.id,
+            addr,
+            self.config.node.dc,
+            membership_config(self.config),
+            np.random.default_rng(),
+            seeds,
+        )
+        kind = Publisher if self.is_publisher else Replica
+        self.replica = kind(
+            self.config.node.id,
+            addr,
+            self.config.node.dc,
+            store,
+            membership,
+            replica_config(self.config),
+            np.random.default_rng(),
+        )
+        self._recover()
+        self._task = asyncio.create_task(self._run(), name="p2prec-node")
+        log.info(
+            "node_started",
+            addr=addr,
+            role=self.config.node.role,
+            root=store.root.hex(),
+            vector=store.vector.summary(),
+        )
+        return addr
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.checkpoint()
+        self.disk.close()
+        await self.transport.close()
+
+    # -- recovery and checkpoints ---------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Snapshots, then the fencing state, then the messages logged since the snapshots."""
+        replica = self._replica
+        restored = self.disk.load_snapshots(replica.store)
+        for frames in self.disk.load_control():
+            self._restore_control(frames)
+        replayed = 0
+        for frames in self.disk.replay():
+            msg = self._decode(frames)
+            if msg is not None:
+                replica.handle(Incoming(replica.addr, msg, frames), self.now())
+                replayed += 1
+        self._mark_checkpointed()
+        log.info(
+            "node_recovered",
+            shards=len(restored),
+            replayed=replayed,
+            vector=replica.store.vector.summary(),
+        )
+
+    def _restore_control(self, frames: list[bytes]) -> None:
+        msg = self._decode(frames)
+        fencing = self._replica.fencing
+        if isinstance(msg, Rollback):
+            fencing.accept_rollback(Signed(msg, frames))
+        elif isinstance(msg, Validated) and fencing.accept_validated(Signed(msg, frames)):
+            self._replica.store.validate(msg.vector)
+
+    def checkpoint(self) -> None:
+        """Write the shards changed since the last checkpoint and the fencing state."""
+        if self.replica is None:
+            return
+        store = self.replica.store
+        vector, digests = store.vector.packed, store.digests
+        assert self._checkpointed is not None
+        old_vector, old_digests = self._checkpointed
+        changed = np.flatnonzero((vector != old_vector) | (digests != old_digests))
+        self.disk.checkpoint(store, [int(s) for s in changed])
+        control = [s.raw for s in self.replica.fencing.control_messages()]
+        self.disk.save_control([list(f) for f in control if isinstance(f, list)])
+        self._checkpointed = (vector.copy(), digests.copy())
+        self.counters.checkpoints += 1
+
+    def _mark_checkpointed(self) -> None:
+        store = self._replica.store
+        self._checkpointed = (store.vector.packed.copy(), store.digests.copy())
+
+    # -- the owner task -------------------------------------------------------------------------
+
+    @property
+    def _replica(self) -> Replica:
+        assert self.replica is not None
+        return self.replica
+
+    async def _run(self) -> None:
+        next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+        while True:
+            self._carry_out(self._replica.tick(self.now()))
+            self._sync_peers()
+            if self.now() >= next_checkpoint:
+                self.checkpoint()
+                next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+            deadline = min(self._replica.next_deadline() or next_checkpoint, next_checkpoint)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self.now()))
+
+    def _on_message(self, envelope: Envelope, frames: list[Any]) -> None:
+        msg = self._decode(frames)
+        if msg is None or self.replica is None:
+            return
+        if isinstance(msg, MembershipEnvelope):
+            try:
+                msg = from_body(msg.kind, msg.body)
+            except ValueError as exc:
+                self.counters.decode_rejected += 1
+                log.warning("membership_rejected", peer=envelope.peer, reason=str(exc))
+                return
+        event = Incoming(envelope.sender, msg, frames, envelope.route)
+        self._carry_out(self.replica.handle(event, self.now()))
+        self._wake.set()  # deadlines may have moved
+
+    def _decode(self, frames: Sequence[Any]) -> Any:
+        try:
+            return decode(frames, self.verifier, self.limits)
+        except RemoteProtocolError as exc:
+            self.counters.decode_rejected += 1
+            log.warning("message_rejected", reason=str(exc))
+            return None
+
+    # -- effects --------------------------------------------------------------------------------
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(effect)
+            elif isinstance(effect, Persist):
+                if isinstance(effect.raw, list):
+                    self.disk.append(effect.raw)
+                    self.counters.persisted += 1
+            elif isinstance(effect, Note):
+                log.debug(effect.event, **effect.fields)
+
+    def _send(self, effect: Send) -> None:
+        if effect.raw is not None and isinstance(effect.raw, list):
+            frames = effect.raw
+        else:
+            msg = effect.msg
+            if self._replica.membership.handles(msg):
+                kind, body = to_body(msg)
+                msg = MembershipEnvelope(kind, body)
+            frames = encode(msg, None)
+        self.transport.send(effect.addr, frames, effect.route)
+
+    def _sync_peers(self) -> None:
+        """Give the transport the CURVE key of every member address it may have to reach, and
+        note which addresses are in this datacenter (LAN) or not (WAN) for the byte counters."""
+        dcs = {}
+        for member in self._replica.membership.alive_members():
+            dcs[member.addr] = member.dc
+            if (
+                member.node_id != self.config.node.id
+                and self.transport.peer_key(member.addr) is None
+            ):
+                self.transport.add_peer(member.addr, member.node_id)
+        self._dc_of = dcs
+
+    def _peer_class(self, addr: str) -> PeerClass:
+        return "lan" if self._dc_of.get(addr) == self.config.node.dc else "wan"
+
+    # -- publishing (the trainer) ---------------------------------------------------------------
+
+    def publish(self, msg: ParamDelta | Validated | Rollback) -> None:
+        """Sign ``msg`` and publish it into the mesh (trainer only)."""
+        replica = self._replica
+        if not isinstance(replica, Publisher) or self.signer is None:
+            raise RuntimeError("only the trainer, with its signing key, publishes")
+        frames = list(encode(msg, self.signer))
+        if isinstance(msg, ParamDelta):
+            effects = replica.publish(msg, frames)
+        elif isinstance(msg, Validated):
+            effects = replica.publish_validated(msg, frames)
+        else:
+            effects = replica.publish_rollback(msg, frames)
+        self.disk.append(frames)
+        self._carry_out(effects)
+        self._wake.set()

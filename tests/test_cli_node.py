@@ -1,0 +1,59 @@
+"""`p2prec node` runs one member as a real process and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from p2prec.cli import main
+
+
+def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
+    settings = [
+        "--set",
+        f"keys.curve_dir={tmp_path / 'curve'}",
+        "--set",
+        f"keys.trainer_public_key={tmp_path / 'trainer.pub'}",
+        "--set",
+        f"keys.trainer_signing_key={tmp_path / 'trainer.key'}",
+    ]
+    assert main(["keygen", *settings]) == 0
+    assert main(["keygen", *settings, "--curve", "trainer"]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "p2prec.cli",
+        "node",
+        "--config",
+        "local",
+        *settings,
+        "--set",
+        "node.id=trainer",
+        "--set",
+        "node.role=trainer",
+        "--set",
+        "log.format=json",
+        "--set",
+        f"node.data_dir={tmp_path / 'state'}",
+    ]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        started = False
+        while not started and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            started = '"node_started"' in line
+            assert line or proc.poll() is None, "the node exited early"
+        assert started
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert (tmp_path / "state" / "shards").is_dir()  # checkpointed on the way out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

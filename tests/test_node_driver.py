@@ -1,0 +1,206 @@
+"""Real drivers on real sockets (127.0.0.1, CURVE): a trainer and three nodes in two DCs.
+
+Everything runs in one asyncio loop in this process; conditions are awaited with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+
+from p2prec.config import Config, load_config
+from p2prec.core.versions import VersionVector
+from p2prec.io.curve import generate_node_keys
+from p2prec.io.node import NodeDriver, store_layout
+from p2prec.sim.lineage import make_delta
+from p2prec.wire.messages import Rollback, Validated
+from p2prec.wire.signing import Signer
+
+DEADLINE_S = 20.0
+
+
+def make_config(tmp: Path, node_id: str, dc: str, seeds: list[str], role: str = "node") -> Config:
+    return load_config(
+        "local",
+        {
+            "node.id": node_id,
+            "node.dc": dc,
+            "node.role": role,
+            "node.data_dir": str(tmp / "state" / node_id),
+            "mesh.seeds": seeds,
+            "mesh.checkpoint_interval_s": 0.5,
+            "store.row_shards": 8,
+            "store.dim": 4,
+            "keys.curve_dir": str(tmp / "curve"),
+            "keys.trainer_public_key": str(tmp / "trainer.pub"),
+        },
+    )
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE_S
+    while not condition():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)  # polling a condition with a deadline, not settling
+
+
+class Mesh:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.signer = Signer.generate()
+        for name in ("trainer", "a1", "a2", "b1"):
+            generate_node_keys(tmp / "curve", name)
+        (tmp / "rogue-keys").mkdir()
+        self.rng = np.random.default_rng(0)
+        self.trainer: NodeDriver | None = None
+        self.nodes: dict[str, NodeDriver] = {}
+
+    async def start_trainer(self) -> str:
+        config = make_config(self.tmp, "trainer", "dc-t", [], role="trainer")
+        self.trainer = NodeDriver(config, self.signer.verifier(), self.signer)
+        addr = await self.trainer.start()
+        self.seed = f"trainer@{addr}"
+        return addr
+
+    async def start_node(self, node_id: str, dc: str) -> NodeDriver:
+        driver = NodeDriver(make_config(self.tmp, node_id, dc, [self.seed]), self.signer.verifier())
+        await driver.start()
+        self.nodes[node_id] = driver
+        return driver
+
+    def publish_step(self) -> None:
+        assert self.trainer is not None and self.trainer.replica is not None
+        store = self.trainer.replica.store
+        keys = {t: np.unique(self.rng.integers(-50, 50, 6)) for t in store.layout.tables}
+        epoch = self.trainer.replica.fencing.epoch
+        delta = make_delta(store.layout, store.vector.packed, keys, True, self.rng, epoch)
+        self.trainer.publish(delta)
+
+    def converged(self, names: list[str] | None = None) -> bool:
+        assert self.trainer is not None and self.trainer.replica is not None
+        head = self.trainer.replica.store
+        chosen = [self.nodes[n] for n in (names or list(self.nodes))]
+        return all(
+            d.replica is not None
+            and d.replica.store.root == head.root
+            and d.replica.store.vector == head.vector
+            for d in chosen
+        )
+
+    def members_known(self, count: int) -> bool:
+        return all(
+            d.replica is not None and len(d.replica.membership.alive_members()) >= count
+            for d in [*self.nodes.values(), self.trainer]
+            if d is not None
+        )
+
+    async def close(self) -> None:
+        for driver in [*self.nodes.values(), self.trainer]:
+            if driver is not None:
+                await driver.close()
+
+
+def run(tmp: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
+    async def main() -> None:
+        mesh = Mesh(tmp)
+        try:
+            await body(mesh)
+        finally:
+            await mesh.close()
+
+    asyncio.run(main())
+
+
+def test_deltas_reach_every_node_and_a_restarted_node_catches_up(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        for node_id, dc in (("a1", "dc-a"), ("a2", "dc-a"), ("b1", "dc-b")):
+            await mesh.start_node(node_id, dc)
+        await until(lambda: mesh.members_known(4), "membership")
+        for _ in range(5):
+            mesh.publish_step()
+        await until(mesh.converged, "deltas everywhere")
+        # a2 stops; the stream goes on; a2 comes back from disk and catches up.
+        await mesh.nodes.pop("a2").close()
+        for _ in range(5):
+            mesh.publish_step()
+        await until(lambda: mesh.converged(["a1", "b1"]), "deltas without a2")
+        restarted = await mesh.start_node("a2", "dc-a")
+        assert restarted.replica is not None
+        assert restarted.replica.store.vector.total_seq() > 0  # served from disk at once
+        await until(mesh.converged, "a2 caught up")
+
+    run(tmp_path, body)
+
+
+def test_validation_and_rollback_travel_the_mesh(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        for node_id, dc in (("a1", "dc-a"), ("b1", "dc-b")):
+            await mesh.start_node(node_id, dc)
+        await until(lambda: mesh.members_known(3), "membership")
+        assert mesh.trainer is not None and mesh.trainer.replica is not None
+        head = mesh.trainer.replica.store
+        for _ in range(3):
+            mesh.publish_step()
+        watermark = head.vector
+        mesh.trainer.publish(Validated(watermark, 1, 0, b""))
+        root_then = head.root
+        for _ in range(3):  # a poisoned burst
+            mesh.publish_step()
+        await until(mesh.converged, "the burst everywhere")
+        mesh.trainer.publish(Rollback(watermark, 2, 0))
+        await until(mesh.converged, "rollback everywhere")
+        assert head.root == root_then
+        assert all(
+            d.replica is not None and d.replica.fencing.epoch == 2 for d in mesh.nodes.values()
+        )
+        mesh.publish_step()
+        await until(mesh.converged, "the new epoch")
+
+    run(tmp_path, body)
+
+
+def test_a_peer_with_an_unknown_curve_key_cannot_join(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        # The rogue has its own keys and knows the trainer's public key, so it can try to
+        # connect; but no node allow-lists the rogue's key.
+        generate_node_keys(mesh.tmp / "rogue-keys", "rogue")
+        shutil.copy(mesh.tmp / "curve" / "trainer.key", mesh.tmp / "rogue-keys" / "trainer.key")
+        config = make_config(mesh.tmp, "rogue", "dc-a", [mesh.seed])
+        rogue_config = load_config(
+            "local", {**_flat(config), "keys.curve_dir": str(mesh.tmp / "rogue-keys")}
+        )
+        rogue = NodeDriver(rogue_config, mesh.signer.verifier())
+        await rogue.start()
+        try:
+            mesh.publish_step()
+            await until(mesh.converged, "a1 still served")
+            assert mesh.trainer is not None and mesh.trainer.replica is not None
+            names = {m.node_id for m in mesh.trainer.replica.membership.alive_members()}
+            assert "rogue" not in names
+            assert rogue.replica is not None
+            assert rogue.replica.store.vector == VersionVector.zeros(store_layout(config).n_shards)
+            denied = mesh.trainer.transport.counters.auth_denied
+            assert denied > 0  # the rogue did knock, and CURVE turned it away
+        finally:
+            await rogue.close()
+
+    run(tmp_path, body)
+
+
+def _flat(config: Config) -> dict[str, object]:
+    return {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
