@@ -71,3 +71,35 @@ def test_the_checkers_catch_a_broken_mesh() -> None:
     result = run(3, broken)
     assert not result.ok
     assert any(v.invariant == "convergence" for v in result.violations)
+
+
+def test_the_checkers_catch_a_node_that_ignores_rollbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from p2prec.core.replica import Replica
+    from p2prec.wire.messages import Rollback
+
+    def keep_fenced_rows(self: Replica, msg: Rollback) -> list[int]:
+        return []
+
+    monkeypatch.setattr(Replica, "_roll_back", keep_fenced_rows)
+    result = run(0, small())
+    assert result.rollbacks > 0
+    assert any(v.invariant == "rollback" for v in result.violations)
+
+
+def test_sim_command_prints_each_seed_and_fails_on_violations(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from p2prec.cli import main
+
+    assert main(["sim", "--nodes", "6", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in out[:2]] == [["seed", "0", "ok"], ["seed", "1", "ok"]]
+    assert out[-1] == "2 passed, 0 failed"
+    from p2prec.core.replica import Replica
+
+    monkeypatch.setattr(Replica, "_gossip_digest", lambda self: [])  # no anti-entropy
+    monkeypatch.setattr(Replica, "_roll_back", lambda self, msg: [])
+    assert main(["sim", "--nodes", "6", "--seeds", "2"]) == 1

@@ -22,7 +22,7 @@ from p2prec.core.membership import Membership, MembershipConfig
 from p2prec.core.publisher import Publisher
 from p2prec.core.replica import Replica, ReplicaConfig
 from p2prec.core.tree import group_of_shard
-from p2prec.core.versions import VersionVector
+from p2prec.core.versions import SEQ_BITS, VersionVector
 from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
 from p2prec.model.snapshot import snapshot_shard, strong_digest
@@ -88,6 +88,8 @@ class Cluster:
     _by_addr: dict[str, Replica] = field(default_factory=dict)
     _seeds: list[str] = field(default_factory=list)
     _scheduled: dict[str, float] = field(default_factory=dict)
+    # epoch -> (rollback point, the trainer's shard digests there)
+    rollback_points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     # -- building --------------------------------------------------------------------------------
 
@@ -235,6 +237,8 @@ class Cluster:
         epoch = replica.fencing.epoch
         effects = step(replica)
         self._check_monotonic(replica, before, epoch, what)
+        if replica.fencing.epoch > epoch and replica is not self.publisher:
+            self._check_rollback(replica)
         self._carry_out(replica, effects)
         self._schedule_timer(replica)
 
@@ -259,6 +263,24 @@ class Cluster:
             self.violations.append(
                 Violation(
                     self.now, replica.node_id, "monotonic", f"a shard version went down on {what}"
+                )
+            )
+
+    def _check_rollback(self, replica: Replica) -> None:
+        """Right after a node takes a rollback, no shard is past the rollback point in the old
+        lineage, and every shard at that point has exactly the trainer's content there."""
+        epoch = replica.fencing.epoch
+        to, digests = self.rollback_points[epoch]
+        vector, held = replica.store.vector_view, replica.store.digests
+        at_point = vector == to
+        old_lineage = (vector > to) & ((vector >> SEQ_BITS) < epoch)  # new-epoch steps may follow
+        if old_lineage.any() or (held[at_point] != digests[at_point]).any():
+            self.violations.append(
+                Violation(
+                    self.now,
+                    replica.node_id,
+                    "rollback",
+                    f"content differs from the trainer's at epoch {epoch}",
                 )
             )
 
@@ -319,4 +341,5 @@ class Cluster:
         )
         msg = Rollback(to, self.publisher.fencing.epoch + 1, int(self.now * 1000))
         self._carry_out(self.publisher, self.publisher.publish_rollback(msg))
+        self.rollback_points[msg.new_epoch] = (to.packed, self.publisher.store.digests)
         self._schedule_timer(self.publisher)
