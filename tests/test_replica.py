@@ -3,7 +3,7 @@
 No sleeps and no sockets: ``Mesh`` holds real ``Replica``/``Publisher`` objects with real SWIM
 membership, carries their ``Send`` effects through a FIFO queue (instant, lossless unless a test
 drops something) and ticks every node on a fixed virtual-time step. ``Replica.validate()`` runs
-after every ``handle`` and every ``tick``. Tests that check one node's reaction call ``handle``
+after every ``handle`` and every ``tick`` (an autouse fixture wraps both). Tests that check one node's reaction call ``handle``
 directly on a joined mesh and inspect the returned effects.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from p2prec.core.deltalog import delta_key
 from p2prec.core.effects import Effect, Incoming, Note, Persist, Route, Send
 from p2prec.core.membership import Membership, MembershipConfig
 from p2prec.core.publisher import Publisher
@@ -53,6 +54,26 @@ R = TypeVar("R", bound=Replica)
 
 def _keep(_src: str, _send: Send) -> bool:
     return False
+
+
+@pytest.fixture(autouse=True)
+def _validate_after_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``handle`` and ``tick`` of every replica (publisher included) is followed by
+    ``Replica.validate()``, whoever calls it."""
+    handle, tick = Replica.handle, Replica.tick
+
+    def checked_handle(self: Replica, event: Incoming, now: float) -> list[Effect]:
+        effects = handle(self, event, now)
+        self.validate()
+        return effects
+
+    def checked_tick(self: Replica, now: float) -> list[Effect]:
+        effects = tick(self, now)
+        self.validate()
+        return effects
+
+    monkeypatch.setattr(Replica, "handle", checked_handle)
+    monkeypatch.setattr(Replica, "tick", checked_tick)
 
 
 # -- the in-test mesh ------------------------------------------------------------------------------
@@ -137,7 +158,6 @@ class Mesh:
             dst = self.by_addr.get(send.addr)
             if dst is not None:
                 effects = dst.handle(Incoming(src, send.msg, send.raw, send.route), self.now)
-                dst.validate()
                 self.carry(dst, effects)
 
     def tick_all(self) -> None:
@@ -145,7 +165,6 @@ class Mesh:
             deadline = replica.next_deadline()
             if deadline is not None and deadline <= self.now:
                 effects = replica.tick(self.now)
-                replica.validate()
                 self.carry(replica, effects)
                 self.flush()
 
@@ -177,6 +196,7 @@ class Mesh:
     def publish(self, *deltas: ParamDelta) -> None:
         for delta in deltas:
             self.carry(self.publisher, self.publisher.publish(delta, raw=("raw", delta)))
+            self.publisher.validate()
             self.flush()
 
     def validate_head(self) -> Validated:
@@ -192,10 +212,8 @@ class Mesh:
         return msg
 
     def give(self, node: Replica, msg: object, route: Route = Route.REPAIR) -> list[Effect]:
-        """Hand ``msg`` to ``node`` as if from the publisher; returns (and keeps) the effects."""
-        effects = node.handle(Incoming(PUBLISHER_ADDR, msg, ("raw", msg), route), self.now)
-        node.validate()
-        return effects
+        """Hand ``msg`` to ``node`` as if from the publisher (effects returned, not carried)."""
+        return node.handle(Incoming(PUBLISHER_ADDR, msg, ("raw", msg), route), self.now)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -282,7 +300,6 @@ def test_tree_delta_is_applied_and_relayed_to_the_children_exactly_once() -> Non
     children = root.tree.children(root.node_id, 0)
     assert len(children) == 2
     effects = root.handle(Incoming(PUBLISHER_ADDR, d0, b"frames", Route.TREE), mesh.now)
-    root.validate()
     relayed = sends(effects)
     assert sorted(s.addr for s in relayed) == sorted(f"{c}@0" for c in children)
     assert all(s.msg is d0 and s.raw == b"frames" and s.route is Route.TREE for s in relayed)
@@ -291,7 +308,6 @@ def test_tree_delta_is_applied_and_relayed_to_the_children_exactly_once() -> Non
     assert len([e for e in effects if isinstance(e, Persist)]) == 1
 
     again = root.handle(Incoming(PUBLISHER_ADDR, d0, b"frames", Route.TREE), mesh.now)
-    root.validate()
     assert sends(again) == [] and not any(isinstance(e, Persist) for e in again)
     assert root.counters.applied == 1 and root.counters.duplicates == 1
 
@@ -414,6 +430,16 @@ def test_rollback_restores_exactly_the_publishers_root_at_to() -> None:
         assert replica.store.vector == to
         assert replica.store.root == root_at_to
         assert replica.store.watermark == to
+    # Catch-up served from now on holds nothing of the undone steps.
+    kept = [delta_key(d) for d in line.deltas[:3]]
+    for replica in mesh.by_addr.values():
+        logged = replica.log.since(list(range(N_SHARDS)), [0] * N_SHARDS)
+        assert [delta_key(e.delta) for e in logged] == kept
+        assert (replica.log.floor <= to.packed).all()
+    asker = ParamStore(LAYOUT)
+    request = request_for("late", asker, range(N_SHARDS))
+    answer = sends(mesh.publisher.handle(Incoming("late@0", request), mesh.now), ParamDelta)
+    assert [delta_key(s.msg) for s in answer] == kept
 
 
 def test_small_undo_budget_empties_the_lost_shards_then_catches_up() -> None:
@@ -476,6 +502,9 @@ def test_lagging_shards_are_pulled_after_the_grace_period_from_the_same_dc() -> 
     heard = lagging.handle(Incoming(remote.addr, _digest(remote), None, Route.MESH), t0)
     heard += lagging.handle(Incoming(local.addr, _digest(local), None, Route.MESH), t0)
     assert sends(heard, SyncRequest) == []  # not before the grace period: it may be in flight
+    # A later digest showing the same lag does not restart the grace period.
+    heard = lagging.handle(Incoming(local.addr, _digest(local), None, Route.MESH), t0 + 0.3)
+    assert sends(heard, SyncRequest) == []
     assert sends(lagging.tick(t0 + 0.45), SyncRequest) == []
     assert lagging.next_deadline() == pytest.approx(t0 + 0.5)
 
@@ -500,7 +529,6 @@ def test_lagging_shards_are_pulled_after_the_grace_period_from_the_same_dc() -> 
     assert sends(answer, ShardSnapshot) == []  # its log reaches back: original deltas
     for send in sends(answer):
         lagging.handle(Incoming(local.addr, send.msg, send.raw, send.route), mesh.now)
-        lagging.validate()
     assert lagging.store.root == local.store.root == root_after(line.deltas)
     assert lagging.counters.repaired == len(line.deltas)
 
@@ -614,7 +642,6 @@ def _deliver(case: SnapCase, out: Iterable[Send]) -> list[Effect]:
     for send in out:
         incoming = Incoming(case.server.addr, send.msg, send.raw, send.route)
         effects += case.lagging.handle(incoming, case.mesh.now)
-        case.lagging.validate()
     return effects
 
 
@@ -657,7 +684,9 @@ def _forged(snap: ShardSnapshot) -> bytes:
     return snapshot_shard(store, snap.shard)
 
 
-@pytest.mark.parametrize("attack", ["flipped_byte", "forged_rows", "no_validated", "no_digests"])
+@pytest.mark.parametrize(
+    "attack", ["flipped_byte", "forged_rows", "other_version", "no_validated", "no_digests"]
+)
 def test_snapshot_without_a_matching_signed_digest_is_rejected(attack: str) -> None:
     case = _snapshot_case()
     lagging, validated = case.lagging, case.validated
@@ -674,6 +703,7 @@ def test_snapshot_without_a_matching_signed_digest_is_rejected(attack: str) -> N
     elif attack == "forged_rows":
         data = _forged(snap)
         assert parse_snapshot(LAYOUT, data).version == snap.version  # well-formed
+    version = snap.version + 1 if attack == "other_version" else snap.version
     if attack == "no_digests":
         case.mesh.give(lagging, replace(validated, shard_digests=b""))
         assert lagging.fencing.validated is not None
@@ -681,7 +711,7 @@ def test_snapshot_without_a_matching_signed_digest_is_rejected(attack: str) -> N
         case.mesh.give(lagging, validated)
     root, vector = lagging.store.root, lagging.store.vector
 
-    effects = _deliver(case, [Send(lagging.addr, ShardSnapshot(snap.shard, snap.version, data))])
+    effects = _deliver(case, [Send(lagging.addr, ShardSnapshot(snap.shard, version, data))])
     assert lagging.counters.rejected == 1 and lagging.counters.repaired == 0
     assert notes(effects, "snapshot_rejected")
     assert lagging.store.root == root and lagging.store.vector == vector
@@ -815,7 +845,6 @@ def test_older_epoch_node_asks_for_control_on_a_newer_digest_and_catches_up() ->
     answer = ahead.handle(Incoming(behind.addr, asks[0].msg), mesh.now)
     for send in sends(answer):
         behind.handle(Incoming(ahead.addr, send.msg, send.raw, send.route), mesh.now)
-        behind.validate()
     assert behind.fencing.epoch == 3 and behind.counters.rollbacks == 2
     assert behind.store.root == ahead.store.root and behind.store.vector == to
     assert behind.store.watermark == to

@@ -11,8 +11,10 @@ from dataclasses import replace
 
 import pytest
 
+from p2prec.sim.cluster import Cluster
+from p2prec.sim.network import LinkModel
 from p2prec.sim.runner import config_for, format_result
-from p2prec.sim.scenario import SimConfig, run
+from p2prec.sim.scenario import SimConfig, converged, run
 
 #: Virtual seconds after the last fault within which every run must have converged.
 CONVERGENCE_BOUND_S = 30.0
@@ -103,3 +105,24 @@ def test_sim_command_prints_each_seed_and_fails_on_violations(
     monkeypatch.setattr(Replica, "_gossip_digest", lambda self: [])  # no anti-entropy
     monkeypatch.setattr(Replica, "_roll_back", lambda self, msg: [])
     assert main(["sim", "--nodes", "6", "--seeds", "2"]) == 1
+
+
+def test_without_faults_one_copy_of_each_delta_crosses_into_each_datacenter() -> None:
+    config = small()
+    cluster = Cluster.build(
+        5,
+        config.nodes,
+        config.dcs,
+        config.layout,
+        LinkModel(),
+        config.replica,
+        config.membership,
+        config.stream,
+    )
+    cluster.run_until(5.0)  # membership forms: seed-driven join, probes
+    for i in range(20):
+        cluster.at(5.0 + 0.1 * i, cluster.publish_step)
+    assert cluster.run_until(20.0, lambda: cluster.steps == 20 and converged(cluster))
+    published = cluster.publisher.counters.applied  # deltas: one per shard group per step
+    assert published > 20
+    assert cluster.network.traffic.wan_tree_deltas == published * config.dcs

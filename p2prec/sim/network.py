@@ -47,6 +47,7 @@ class Traffic:
     dropped: int = 0
     lan_deltas: int = 0
     wan_deltas: int = 0
+    wan_tree_deltas: int = 0  # deltas crossing datacenters down a tree (not repair)
 
 
 class SimNetwork:
@@ -83,6 +84,7 @@ class SimNetwork:
         if is_delta:
             if wan:
                 self.traffic.wan_deltas += 1
+                self.traffic.wan_tree_deltas += route is Route.TREE
             else:
                 self.traffic.lan_deltas += 1
         copies = 2 if self.rng.random() < self.links.duplication else 1

@@ -90,12 +90,12 @@ def run(seed: int, config: SimConfig) -> SimResult:
     last_fault = _schedule_faults(cluster, config)
     quiet = max(last_fault, config.start_s + config.stream_s)
     cluster.run_until(quiet)
-    converged = cluster.run_until(quiet + config.settle_bound_s, lambda: _converged(cluster))
+    settled = cluster.run_until(quiet + config.settle_bound_s, lambda: converged(cluster))
     converge_s = cluster.now - quiet
-    cluster.violations += _final_checks(cluster, converged)
+    cluster.violations += _final_checks(cluster, settled)
     return SimResult(
         seed,
-        converged,
+        settled,
         converge_s,
         cluster.violations,
         cluster.steps,
@@ -189,7 +189,7 @@ def _live(cluster: Cluster) -> list[SimNode]:
     return [n for n in cluster.nodes.values() if n.up]
 
 
-def _converged(cluster: Cluster) -> bool:
+def converged(cluster: Cluster) -> bool:
     """Every live node holds the trainer's state and sees every live node alive."""
     head = cluster.publisher
     if not all(_same_state(n.replica, head) for n in _live(cluster)):
