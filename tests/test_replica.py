@@ -3,8 +3,8 @@
 No sleeps and no sockets: ``Mesh`` holds real ``Replica``/``Publisher`` objects with real SWIM
 membership, carries their ``Send`` effects through a FIFO queue (instant, lossless unless a test
 drops something) and ticks every node on a fixed virtual-time step. ``Replica.validate()`` runs
-after every ``handle`` and every ``tick`` (an autouse fixture wraps both). Tests that check one node's reaction call ``handle``
-directly on a joined mesh and inspect the returned effects.
+after every ``handle`` and every ``tick`` (an autouse fixture wraps both). Tests that check one
+node's reaction call ``handle`` directly on a joined mesh and inspect the returned effects.
 """
 
 from __future__ import annotations
@@ -209,6 +209,7 @@ class Mesh:
         msg = Rollback(to, self.publisher.fencing.epoch + 1)
         self.carry(self.publisher, self.publisher.publish_rollback(msg, raw=("raw", msg)))
         self.flush()
+        self.validate_head()  # the protocol: a validation of the new epoch follows a rollback
         return msg
 
     def give(self, node: Replica, msg: object, route: Route = Route.REPAIR) -> list[Effect]:
@@ -397,6 +398,9 @@ def test_future_epoch_is_held_asks_for_control_and_rollbacks_apply_in_order() ->
     assert node.store.root == start_root and node.counters.repaired == repaired
 
     effects = node.handle(Incoming("peer@0", rb3, rb3, Route.REPAIR), mesh.now)  # skips epoch 2
+    assert sends(effects, ControlRequest) == []  # asked that peer a moment ago: throttled
+    later = mesh.now + node.config.request_timeout_s
+    effects = node.handle(Incoming("peer@0", rb3, rb3, Route.REPAIR), later)
     assert [s.addr for s in sends(effects, ControlRequest)] == ["peer@0"]
     assert node.fencing.epoch == 1 and node.counters.rollbacks == 0
     assert node.store.vector == start_vector
@@ -724,11 +728,6 @@ def test_snapshot_without_a_matching_signed_digest_is_rejected(attack: str) -> N
     assert lagging.store.vector.packed[snap.shard] == snap.version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Replica._on_snapshot restores a verified snapshot older than the shard, "
-    "so the shard's version goes down without a signed rollback",
-)
 def test_a_late_snapshot_older_than_the_shard_does_not_take_it_back() -> None:
     case = _snapshot_case()
     lagging = case.lagging
@@ -742,11 +741,6 @@ def test_a_late_snapshot_older_than_the_shard_does_not_take_it_back() -> None:
     assert lagging.store.root == root
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core gap: after a rollback, a node that missed the last Validated can verify no "
-    "snapshot (the older-epoch Validated is refused) until the trainer validates again",
-)
 def test_node_partitioned_through_a_rollback_catches_up_from_a_peer_with_a_short_log() -> None:
     config = ReplicaConfig(fanout=2, shard_groups=1)
     tiny = replace(config, delta_log_bytes_max=1)

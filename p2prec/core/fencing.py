@@ -78,9 +78,10 @@ class Fencing:
         current = self.validated
         if current is not None:
             assert isinstance(current.msg, Validated)
-            if current.msg.epoch == signed.msg.epoch and current.msg.vector.dominates(
-                signed.msg.vector
-            ):
+            same = current.msg.vector == signed.msg.vector
+            gains_digests = same and signed.msg.shard_digests and not current.msg.shard_digests
+            same_epoch = current.msg.epoch == signed.msg.epoch
+            if same_epoch and current.msg.vector.dominates(signed.msg.vector) and not gains_digests:
                 return False
         self.validated = signed
         return True

@@ -12,6 +12,7 @@ from p2prec.core.effects import Effect, Note, Route, Send
 from p2prec.core.fencing import Signed, Verdict
 from p2prec.core.replica import Replica
 from p2prec.core.tree import group_of_shard
+from p2prec.model.snapshot import snapshot_shard, strong_digest
 from p2prec.wire.messages import ParamDelta, Rollback, Validated
 
 
@@ -36,7 +37,19 @@ class Publisher(Replica):
         self.store.validate(msg.vector)
         return self._to_roots(0, msg, signed.raw)
 
+    def validated_head(self, created_ms: int = 0) -> Validated:
+        """A ``Validated`` for the head, with the BLAKE3 of every shard's canonical snapshot
+        (what lets nodes verify snapshots served by untrusted peers)."""
+        store = self.store
+        digests = b"".join(
+            strong_digest(snapshot_shard(store, s)) for s in range(store.layout.n_shards)
+        )
+        return Validated(store.vector, self.fencing.epoch, created_ms, digests)
+
     def publish_rollback(self, msg: Rollback, raw: object = None) -> list[Effect]:
+        """Roll the head back and announce it. Follow it with
+        ``publish_validated(validated_head())``: nodes that missed the old epoch's validation
+        need one of the new epoch to verify the snapshots they may have to fetch."""
         signed = Signed(msg, msg if raw is None else raw)
         if self.fencing.accept_rollback(signed) is not Verdict.ADMIT:
             raise ValueError(f"rollback must start epoch {self.fencing.epoch + 1}")

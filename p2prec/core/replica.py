@@ -115,6 +115,7 @@ class Replica:
         self._views: dict[str, PeerView] = {}
         self._behind: dict[int, float] = {}  # shard -> when first seen behind a peer
         self._asked: dict[int, float] = {}  # shard -> when last pulled
+        self._control_asked: dict[str, float] = {}  # peer -> when last asked for control
         self._next_sync = 0.0
         self._refresh_members()
 
@@ -123,9 +124,9 @@ class Replica:
     def handle(self, event: Incoming, now: float) -> list[Effect]:
         msg = event.msg
         if isinstance(msg, ParamDelta):
-            return self._on_delta(msg, event.raw, event.route, event.addr)
+            return self._on_delta(msg, event.raw, event.route, event.addr, now)
         if isinstance(msg, Validated | Rollback):
-            return self._on_control(Signed(msg, event.raw), event.route, event.addr)
+            return self._on_control(Signed(msg, event.raw), event.route, event.addr, now)
         if isinstance(msg, SyncDigest):
             return self._on_digest(msg, event.addr, now)
         if isinstance(msg, SyncRequest):
@@ -194,7 +195,9 @@ class Replica:
 
     # -- deltas --------------------------------------------------------------------------------
 
-    def _on_delta(self, delta: ParamDelta, raw: object, route: Route, addr: str) -> list[Effect]:
+    def _on_delta(
+        self, delta: ParamDelta, raw: object, route: Route, addr: str, now: float
+    ) -> list[Effect]:
         verdict = self.fencing.judge(delta)
         if verdict is Verdict.FENCED:
             self.counters.fenced += 1
@@ -205,7 +208,7 @@ class Replica:
             effects += self._relay(delta_key(delta), group, delta, raw)
         if verdict is Verdict.FUTURE:
             self._hold(delta, raw)
-            return [*effects, Send(addr, ControlRequest(self.node_id, self.fencing.epoch))]
+            return [*effects, *self._ask_control(addr, now)]
         return effects + self._apply(delta, raw, repaired=route is Route.REPAIR)
 
     def _apply(self, delta: ParamDelta, raw: object, repaired: bool) -> list[Effect]:
@@ -282,7 +285,7 @@ class Replica:
 
     # -- control: validation and rollback ------------------------------------------------------
 
-    def _on_control(self, signed: Signed, route: Route, addr: str) -> list[Effect]:
+    def _on_control(self, signed: Signed, route: Route, addr: str, now: float) -> list[Effect]:
         msg = signed.msg
         effects: list[Effect] = []
         if route is Route.TREE:
@@ -290,17 +293,17 @@ class Replica:
             key = (type(msg).__name__, _control_epoch(msg), vector)
             effects += self._relay(key, 0, msg, signed.raw)
         if isinstance(msg, Rollback):
-            return effects + self._on_rollback(signed, addr)
+            return effects + self._on_rollback(signed, addr, now)
         assert isinstance(msg, Validated)
         if msg.epoch > self.fencing.epoch:
-            return [*effects, Send(addr, ControlRequest(self.node_id, self.fencing.epoch))]
+            return [*effects, *self._ask_control(addr, now)]
         if len(msg.vector) == self.store.layout.n_shards and self.fencing.accept_validated(signed):
             self.store.validate(msg.vector)
             effects.append(Persist(signed.raw))
             effects.append(Note("validated", {"epoch": msg.epoch, "v": msg.vector.summary()}))
         return effects
 
-    def _on_rollback(self, signed: Signed, addr: str) -> list[Effect]:
+    def _on_rollback(self, signed: Signed, addr: str, now: float) -> list[Effect]:
         msg = signed.msg
         assert isinstance(msg, Rollback)
         if len(msg.to) != self.store.layout.n_shards:
@@ -308,7 +311,7 @@ class Replica:
             return [Note("rollback_rejected", {"reason": "vector length"})]
         verdict = self.fencing.accept_rollback(signed)
         if verdict is Verdict.FUTURE:
-            return [Send(addr, ControlRequest(self.node_id, self.fencing.epoch))]
+            return self._ask_control(addr, now)
         if verdict is Verdict.FENCED:
             return []
         lost = self._roll_back(msg)
@@ -332,6 +335,15 @@ class Replica:
             if self.fencing.judge(delta) is Verdict.FENCED:
                 del self._gap[key]
         return lost
+
+    def _ask_control(self, addr: str, now: float) -> list[Effect]:
+        """Ask ``addr`` for its control messages, at most once per request timeout."""
+        if now < self._control_asked.get(addr, -1e18) + self.config.request_timeout_s:
+            return []
+        self._control_asked[addr] = now
+        if len(self._control_asked) > self.config.seen_max:
+            self._control_asked.pop(next(iter(self._control_asked)))
+        return [Send(addr, ControlRequest(self.node_id, self.fencing.epoch))]
 
     def _send_control(self, addr: str) -> list[Effect]:
         return [Send(addr, s.msg, s.raw, Route.REPAIR) for s in self.fencing.control_messages()]
@@ -360,7 +372,7 @@ class Replica:
             and len(digest.watermark) == self.store.layout.n_shards
             and not self.store.watermark.dominates(digest.watermark)
         ):
-            effects.append(Send(addr, ControlRequest(self.node_id, self.fencing.epoch)))
+            effects += self._ask_control(addr, now)
         differs = digest.root != self.store.root or digest.epoch != self.fencing.epoch
         if not digest.is_reply and differs:
             effects.append(
@@ -424,6 +436,10 @@ class Replica:
         return effects
 
     def _on_snapshot(self, snap: ShardSnapshot) -> list[Effect]:
+        shard_ok = 0 <= snap.shard < self.store.layout.n_shards
+        if shard_ok and snap.version < int(self.store.vector_view[snap.shard]):
+            self.counters.duplicates += 1  # a late answer: taking it would go back in time
+            return []
         if not self._snapshot_verified(snap):
             self.counters.rejected += 1
             return [Note("snapshot_rejected", {"shard": snap.shard})]

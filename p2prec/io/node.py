@@ -307,3 +307,5 @@ class NodeDriver:
         self.disk.append(frames)
         self._carry_out(effects)
         self._wake.set()
+        if isinstance(msg, Rollback):  # a validation of the new epoch, at the rollback point
+            self.publish(replica.validated_head(msg.created_ms))

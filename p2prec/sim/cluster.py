@@ -25,11 +25,10 @@ from p2prec.core.tree import group_of_shard
 from p2prec.core.versions import SEQ_BITS, VersionVector
 from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
-from p2prec.model.snapshot import snapshot_shard, strong_digest
 from p2prec.model.store import ParamStore
 from p2prec.sim.lineage import make_delta
 from p2prec.sim.network import LinkModel, SimNetwork
-from p2prec.wire.messages import ParamDelta, Rollback, Validated
+from p2prec.wire.messages import ParamDelta, Rollback
 
 PUBLISHER_ID = "trainer"
 R = TypeVar("R", bound=Replica)
@@ -324,12 +323,8 @@ class Cluster:
         return deltas
 
     def publish_validated(self) -> None:
-        store = self.publisher.store
-        digests = b"".join(
-            strong_digest(snapshot_shard(store, s)) for s in range(self.layout.n_shards)
-        )
-        msg = Validated(store.vector, self.publisher.fencing.epoch, int(self.now * 1000), digests)
-        self.validated = store.vector
+        msg = self.publisher.validated_head(int(self.now * 1000))
+        self.validated = msg.vector
         self._carry_out(self.publisher, self.publisher.publish_validated(msg))
         self._schedule_timer(self.publisher)
 
@@ -342,4 +337,5 @@ class Cluster:
         msg = Rollback(to, self.publisher.fencing.epoch + 1, int(self.now * 1000))
         self._carry_out(self.publisher, self.publisher.publish_rollback(msg))
         self.rollback_points[msg.new_epoch] = (to.packed, self.publisher.store.digests)
+        self.publish_validated()  # of the new epoch, at the rollback point
         self._schedule_timer(self.publisher)
