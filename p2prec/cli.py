@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import signal
@@ -192,6 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser(
         "node", parents=[options], help="run one mesh member (node, or the trainer's publisher)"
     )
+    node.add_argument(
+        "--synthetic-rate",
+        type=float,
+        default=0.0,
+        metavar="STEPS_PER_S",
+        help="trainer only: publish a synthetic delta stream at this rate",
+    )
+    node.add_argument(
+        "--synthetic-rows",
+        type=int,
+        default=100,
+        metavar="N",
+        help="ids per table per synthetic step (default 100)",
+    )
+    node.add_argument(
+        "--synthetic-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop the synthetic stream after N steps (default: never)",
+    )
     node.set_defaults(handler=_cmd_node)
     return parser
 
@@ -202,15 +224,18 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from p2prec.log import configure_logging
 
     configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    if args.synthetic_rate and config.node.role != "trainer":
+        raise CliError("--synthetic-rate: only the trainer (node.role = 'trainer') publishes")
     try:
-        asyncio.run(_serve_node(config))
+        asyncio.run(_serve_node(config, args))
     except (OSError, ValueError) as exc:
         raise CliError(f"node: {exc}") from None
     return EXIT_OK
 
 
-async def _serve_node(config: Config) -> None:
+async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
+    from p2prec.io.synthetic import SyntheticStream, run_stream
     from p2prec.wire.signing import Signer, Verifier
 
     verifier = Verifier.load(config.keys.trainer_public_key)
@@ -221,9 +246,17 @@ async def _serve_node(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await driver.start()
+    stream = None
+    if args.synthetic_rate > 0:
+        spec = SyntheticStream(args.synthetic_rate, args.synthetic_rows, steps=args.synthetic_steps)
+        stream = asyncio.create_task(run_stream(driver, spec))
     try:
         await stop.wait()
     finally:
+        if stream is not None:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
         await driver.close()
 
 

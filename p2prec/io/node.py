@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from p2prec.config import Config, parse_seed
 from p2prec.core.effects import Effect, Incoming, Note, Persist, Send
@@ -36,6 +39,7 @@ from p2prec.wire.messages import MembershipEnvelope, ParamDelta, Rollback, Valid
 from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
+STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
 
 
 def replica_config(config: Config) -> ReplicaConfig:
@@ -214,15 +218,49 @@ class NodeDriver:
         assert self.replica is not None
         return self.replica
 
+    def status(self) -> dict[str, Any]:
+        """What this member holds, for `p2prec status`, tests and the HTTP API."""
+        replica = self._replica
+        store = replica.store
+        return {
+            "id": replica.node_id,
+            "dc": replica.dc,
+            "role": self.config.node.role,
+            "addr": replica.addr,
+            "pid": os.getpid(),
+            "epoch": replica.fencing.epoch,
+            "merkle_root": store.root.hex(),
+            "vector": store.vector.to_list(),
+            "watermark": store.watermark.to_list(),
+            "summary": store.vector.summary(),
+            "members": len(replica.membership.alive_members()),
+            "counters": dataclasses.asdict(replica.counters),
+            "transport": self.transport.counters.as_dict(),
+            "driver": dataclasses.asdict(self.counters),
+        }
+
+    def write_status(self) -> None:
+        """``data_dir/status.json``, replaced atomically (read by tools and tests)."""
+        path = self.disk.root / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.status(), option=orjson.OPT_SERIALIZE_NUMPY))
+        os.replace(tmp, path)
+
     async def _run(self) -> None:
         next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+        next_status = self.now()
         while True:
             self._carry_out(self._replica.tick(self.now()))
             self._sync_peers()
+            if self.now() >= next_status:
+                self.write_status()
+                next_status = self.now() + STATUS_INTERVAL_S
             if self.now() >= next_checkpoint:
                 self.checkpoint()
                 next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
-            deadline = min(self._replica.next_deadline() or next_checkpoint, next_checkpoint)
+            deadline = min(
+                self._replica.next_deadline() or next_checkpoint, next_checkpoint, next_status
+            )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self.now()))
