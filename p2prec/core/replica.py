@@ -402,7 +402,15 @@ class Replica:
             if target <= int(self.store.vector_view[shard]):
                 del self._behind[shard]
                 continue
-            source = pick_source(shard, target, self._views, self.dc, self.rng)
+            source = pick_source(
+                shard,
+                target,
+                self._views,
+                self.dc,
+                self.rng,
+                self.fencing.epoch,
+                self.config.publisher_id,
+            )
             if source is None:
                 del self._behind[shard]
                 continue

@@ -55,14 +55,26 @@ def diverged_shards(store: ParamStore, epoch: int, peer: SyncDigest) -> list[int
 
 
 def pick_source(
-    shard: int, version: int, views: dict[str, PeerView], my_dc: str, rng: np.random.Generator
+    shard: int,
+    version: int,
+    views: dict[str, PeerView],
+    my_dc: str,
+    rng: np.random.Generator,
+    epoch: int,
+    publisher_id: str,
 ) -> str | None:
-    """A peer known to hold ``shard`` at ``version`` or newer: same datacenter first."""
-    holders = [(pid, v) for pid, v in views.items() if v.digest.vector.packed[shard] >= version]
-    if not holders:
+    """A peer of ``epoch`` known to hold ``shard`` at ``version`` or newer: one of this
+    datacenter first, then another datacenter's node, the trainer last."""
+    holders = [
+        pid
+        for pid, v in views.items()
+        if v.digest.epoch == epoch and v.digest.vector.packed[shard] >= version
+    ]
+    local = [pid for pid in holders if views[pid].dc == my_dc and pid != publisher_id]
+    remote = [pid for pid in holders if pid not in local and pid != publisher_id]
+    pool = local or remote or [pid for pid in holders if pid == publisher_id]
+    if not pool:
         return None
-    local = [pid for pid, v in holders if v.dc == my_dc]
-    pool = local or [pid for pid, _ in holders]
     return pool[int(rng.integers(0, len(pool)))]
 
 
