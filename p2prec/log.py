@@ -135,10 +135,27 @@ def configure_logging(
     _install_stdlib_handler(shared, render, LEVELS[level], out)
 
 
-def reset_logging() -> None:
-    """Undo ``configure_logging`` (structlog defaults, our stdlib handler removed)."""
-    global _handler  # noqa: PLW0603 - see _install_stdlib_handler
+def _stderr_logger(*_args: Any) -> structlog.WriteLogger:
+    """The unconfigured logger: writes to the current ``sys.stderr`` (looked up on each use, so
+    that a replaced stream is followed; stdout is for command output)."""
+    return structlog.WriteLogger(sys.stderr)
+
+
+def _configure_defaults() -> None:
+    """Before ``configure_logging``: structlog's console rendering, but at info level and on
+    stderr (structlog's own defaults print debug events to stdout)."""
     structlog.reset_defaults()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=_stderr_logger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def reset_logging() -> None:
+    """Undo ``configure_logging`` (the unconfigured defaults, our stdlib handler removed)."""
+    global _handler  # noqa: PLW0603 - see _install_stdlib_handler
+    _configure_defaults()
     if _handler is not None:
         root = logging.getLogger()
         root.removeHandler(_handler)
@@ -150,3 +167,7 @@ def get_logger(name: str) -> FilteringBoundLogger:
     """A structlog logger whose events carry ``logger=name``."""
     logger: FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger
+
+
+if not structlog.is_configured():  # a configuration made before this import is kept
+    _configure_defaults()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from p2prec.config import Config, load_config
 from p2prec.core.versions import VersionVector
@@ -204,3 +205,72 @@ def _flat(config: Config) -> dict[str, object]:
         if isinstance(values, dict)
         for key, value in values.items()
     }
+
+
+CLOSE_BOUND_S = 1.5  # a close under traffic takes tens of ms; its worst case is bounded higher
+
+
+async def _flood(mesh: Mesh, stop: asyncio.Event) -> None:
+    """1000-row deltas at ~50/s until ``stop``."""
+    assert mesh.trainer is not None and mesh.trainer.replica is not None
+    store = mesh.trainer.replica.store
+    while not stop.is_set():
+        keys = {t: np.unique(mesh.rng.integers(-50_000, 50_000, 1000)) for t in store.layout.tables}
+        epoch = mesh.trainer.replica.fencing.epoch
+        mesh.trainer.publish(
+            make_delta(store.layout, store.vector.packed, keys, True, mesh.rng, epoch)
+        )
+        await asyncio.sleep(0.02)
+
+
+async def _flooded_mesh(mesh: Mesh) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    await mesh.start_trainer()
+    for node_id, dc in (("a1", "dc-a"), ("a2", "dc-a"), ("b1", "dc-b")):
+        await mesh.start_node(node_id, dc)
+    await until(lambda: mesh.members_known(4), "membership")
+    stop = asyncio.Event()
+    flood = asyncio.create_task(_flood(mesh, stop))
+    await until(lambda: mesh.nodes["a2"].counters.persisted >= 30, "traffic reaching a2")
+    return stop, flood
+
+
+def test_close_while_traffic_flows_is_prompt(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        stop, flood = await _flooded_mesh(mesh)
+        victim = mesh.nodes.pop("a2")
+        # The owner task's wake-up event fires in the same loop iteration as close()'s cancel,
+        # as it does all the time under traffic: this cancel used to be lost (Python 3.11's
+        # wait_for), and close() then waited forever for the owner task.
+        victim._wake.set()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(victim.close(), CLOSE_BOUND_S)
+        assert loop.time() - started < CLOSE_BOUND_S
+        assert victim._task is None
+        await victim.close()  # idempotent
+        with pytest.raises(RuntimeError, match="closed"):
+            victim.transport.send("127.0.0.1:1", [b"x", b"y"])
+        stop.set()
+        await flood
+        await until(lambda: mesh.converged(["a1", "b1"]), "the others still served")
+
+    run(tmp_path, body)
+
+
+def test_cancelling_close_propagates_and_still_closes(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        stop, flood = await _flooded_mesh(mesh)
+        victim = mesh.nodes.pop("a2")
+        victim._wake.set()
+        closing = asyncio.create_task(victim.close())
+        await asyncio.sleep(0)  # close() has cancelled the owner task and waits for it
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closing, CLOSE_BOUND_S)  # not swallowed, not a timeout
+        assert closing.cancelled()
+        with pytest.raises(RuntimeError, match="closed"):  # the transport closed anyway
+            victim.transport.send("127.0.0.1:1", [b"x", b"y"])
+        stop.set()
+        await flood
+
+    run(tmp_path, body)

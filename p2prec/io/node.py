@@ -40,6 +40,7 @@ from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
 STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
+CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 
 
 def replica_config(config: Config) -> ReplicaConfig:
@@ -98,6 +99,7 @@ class NodeDriver:
         self.replica: Replica | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self._checkpointed: tuple[np.ndarray, np.ndarray] | None = None
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
@@ -154,13 +156,33 @@ class NodeDriver:
         return addr
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.checkpoint()
-        self.disk.close()
-        await self.transport.close()
+        """Stop the owner task, checkpoint, close the disk and the transport. Idempotent and
+        bounded (``CLOSE_WAIT_S`` for the task, then the transport's own bound), also while
+        peers keep sending. A cancellation of ``close`` itself still closes the disk and the
+        transport, then propagates."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.cancel()
+                # Not ``await task``: that would have to swallow CancelledError, including one
+                # aimed at close() itself. asyncio.wait raises only the latter, and is bounded.
+                await asyncio.wait([task], timeout=CLOSE_WAIT_S)
+                self._reap(task)
+        finally:
+            try:
+                self.checkpoint()
+            finally:
+                self.disk.close()
+                await self.transport.close()
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        if not task.done():
+            log.error("node_task_stuck", wait_s=CLOSE_WAIT_S)
+        elif not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("node_task_failed", exc_info=exc)
 
     # -- recovery and checkpoints ---------------------------------------------------------------
 
@@ -249,7 +271,7 @@ class NodeDriver:
     async def _run(self) -> None:
         next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
         next_status = self.now()
-        while True:
+        while not self._closed:
             self._carry_out(self._replica.tick(self.now()))
             self._sync_peers()
             if self.now() >= next_status:
@@ -262,8 +284,12 @@ class NodeDriver:
                 self._replica.next_deadline() or next_checkpoint, next_checkpoint, next_status
             )
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when the
+            # event fires in the same loop iteration as a cancel, losing the cancellation (busy
+            # peers set the event all the time), and then close() waited for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self.now()))
+                async with asyncio.timeout(max(0.0, deadline - self.now())):
+                    await self._wake.wait()
 
     def _on_message(self, envelope: Envelope, frames: list[Any]) -> None:
         msg = self._decode(frames)

@@ -23,6 +23,7 @@ ones. No key known: a counted drop (``unknown_key_drops``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,8 @@ DRAIN_BATCH = 256
 #: Slack on ZMQ_MAXMSGSIZE (checked per frame, on CURVE's boxed frames).
 CURVE_SLACK_BYTES = 256
 RECONNECT_IVL_MAX_MS = 2000
+#: How long ``close`` waits for its tasks to finish before closing the sockets regardless.
+CLOSE_WAIT_S = 1.0
 _ROUTES = {r.value: r for r in Route}
 _PER_CLASS: Callable[[], dict[str, int]] = partial(dict, lan=0, wan=0)
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
@@ -262,24 +265,42 @@ class Transport:
         return router
 
     async def close(self) -> None:
-        """Stop everything: tasks, timers, sockets (linger 0), ZAP, context. Idempotent."""
+        """Stop everything: tasks, timers, sockets (linger 0), ZAP, context. Idempotent and
+        bounded: tasks get ``CLOSE_WAIT_S`` to finish, then the sockets close regardless, also
+        when ``close`` itself is cancelled (the cancellation then propagates)."""
         if self._state == "closed":
             return
         self._state = "closed"
-        if self._auth is not None:
-            self._auth.stop()  # cancels its task, closes the ZAP socket
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for addr in list(self._timers):
-            self._cancel_delayed(addr)
-        for addr in list(self._dealers):
-            self._close_dealer(addr)
-        if self._router is not None:
-            self._router.close(linger=0)
-        if self._ctx is not None:
-            self._ctx.destroy(linger=0)  # anything left open, then term
+        try:
+            if tasks:
+                # asyncio.wait: bounded, raises none of the tasks' errors, and lets a
+                # cancellation of close() through (gather/wait_for could hide or swallow it).
+                _done, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+                if pending:
+                    log.warning("transport_tasks_stuck", addr=self.addr, count=len(pending))
+        finally:
+            self._release()
         log.info("transport_closed", addr=self.addr)
+
+    def _release(self) -> None:
+        """Close every socket, then the context: ``term`` blocks while any socket of the context
+        is open, so each one is closed even if closing another fails."""
+        with contextlib.ExitStack() as stack:
+            for addr in list(self._timers):
+                self._cancel_delayed(addr)
+            if self._ctx is not None:
+                stack.callback(self._ctx.destroy, linger=0)  # anything left open, then term
+            if self._auth is not None:
+                if self._auth.zap_socket is not None:
+                    self._auth.zap_socket.linger = 0
+                stack.callback(self._auth.stop)  # cancels its task, closes the ZAP socket
+            if self._router is not None:
+                stack.callback(self._router.close, linger=0)
+            for addr in list(self._dealers):
+                stack.callback(self._close_dealer, addr)
 
     # --- peers and keys ------------------------------------------------------------------------
 
@@ -485,9 +506,11 @@ class Transport:
     def _close_dealer(self, addr: str) -> None:
         dealer = self._dealers.pop(addr, None)
         if dealer is not None:
-            dealer.socket.disable_monitor()
-            dealer.socket.close(linger=0)
-            dealer.monitor.close(linger=0)
+            try:
+                dealer.socket.disable_monitor()
+            finally:  # an open socket would block the context's term() forever
+                dealer.socket.close(linger=0)
+                dealer.monitor.close(linger=0)
             self.counters.dealers_closed += 1
             log.debug("link_closed", peer=addr)
 
