@@ -9,6 +9,7 @@ on disk, ``Note`` effects to structlog. The same driver runs the trainer's ``Pub
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import os
@@ -40,6 +41,7 @@ from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
 STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
+APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 
 
@@ -103,6 +105,8 @@ class NodeDriver:
         self._checkpointed: tuple[np.ndarray, np.ndarray] | None = None
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
+        # (created_ms, publish -> applied ms) of the last applied deltas, for benchmarks
+        self.applied: collections.deque[tuple[int, float]] = collections.deque(maxlen=APPLIED_MAX)
 
     @property
     def is_publisher(self) -> bool:
@@ -175,8 +179,14 @@ class NodeDriver:
             try:
                 self.checkpoint()
             finally:
+                self._write_applied()
                 self.disk.close()
                 await self.transport.close()
+
+    def _write_applied(self) -> None:
+        """``data_dir/applied.json``: [created_ms, latency_ms] of recent applied deltas."""
+        path = self.disk.root / "applied.json"
+        path.write_bytes(orjson.dumps(list(self.applied)))
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         if not task.done():
@@ -325,7 +335,16 @@ class NodeDriver:
                     self.disk.append(effect.raw)
                     self.counters.persisted += 1
             elif isinstance(effect, Note):
+                if effect.event == "delta_applied":
+                    self._record_latency(effect.fields)
                 log.debug(effect.event, **effect.fields)
+
+    def _record_latency(self, fields: dict[str, Any]) -> None:
+        """Publish -> applied here, in ms, by the wall clock (``created_ms`` is the trainer's):
+        exact between processes of one host, as good as clock sync across hosts."""
+        created_ms = int(fields.get("created_ms", 0))
+        if created_ms > 0:
+            self.applied.append((created_ms, time.time() * 1000 - created_ms))
 
     def _send(self, effect: Send) -> None:
         if effect.raw is not None and isinstance(effect.raw, list):

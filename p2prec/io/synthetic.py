@@ -6,6 +6,7 @@ validated."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,7 @@ async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
     loop = asyncio.get_running_loop()
     start, step = loop.time(), 0
     while stream.steps == 0 or step < stream.steps:
-        created_ms = int(loop.time() * 1000)
+        created_ms = int(time.time() * 1000)  # wall clock, as ParamDelta.created_ms says
         for delta in step_deltas(publisher, stream, rng, created_ms):
             driver.publish(delta)
         step += 1

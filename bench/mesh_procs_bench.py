@@ -1,0 +1,207 @@
+"""Publish -> applied-on-every-node latency with one OS process per mesh member.
+
+    python bench/mesh_procs_bench.py [--dcs 3] [--per-dc 4] [--rate 50] [--rows 1000] [--steps 500]
+
+Starts ``p2prec node`` processes on 127.0.0.1 (CURVE on, local preset, one shard group so a
+step is one delta, one table of dim 64): the nodes first, then the trainer with a synthetic
+stream. Each node records, for every delta it applies, the wall-clock time since the trainer
+created it, and writes them to ``applied.json`` when stopped. A delta's latency is the largest
+over all nodes (applied everywhere). The first second of the stream (membership still forming)
+is left out. Every process started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings(tmp: Path) -> list[str]:
+    return [
+        "--set",
+        f"keys.curve_dir={tmp / 'curve'}",
+        "--set",
+        f"keys.trainer_public_key={tmp / 'trainer.pub'}",
+        "--set",
+        f"keys.trainer_signing_key={tmp / 'trainer.key'}",
+    ]
+
+
+def node_cmd(
+    tmp: Path, node_id: str, dc: str, port: int, seed: str, role: str = "node", dim: int = 64
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "p2prec.cli",
+        "node",
+        "--config",
+        "local",
+        *settings(tmp),
+        "--set",
+        f"node.id={node_id}",
+        "--set",
+        f"node.dc={dc}",
+        "--set",
+        f"node.role={role}",
+        "--set",
+        f"node.data_dir={tmp / 'state' / node_id}",
+        "--set",
+        f"mesh.port={port}",
+        "--set",
+        f'mesh.seeds=["{seed}"]',
+        "--set",
+        "mesh.shard_groups=1",
+        "--set",
+        'store.tables=["item"]',
+        "--set",
+        f"store.dim={dim}",
+        "--set",
+        "log.level=warning",
+    ]
+
+
+def status(tmp: Path, node_id: str) -> dict[str, object] | None:
+    path = tmp / "state" / node_id / "status.json"
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def wait_for(what: str, condition: object, timeout_s: float) -> None:
+    assert callable(condition)
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dcs", type=int, default=3)
+    parser.add_argument("--per-dc", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=50.0, help="deltas per second")
+    parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
+    parser.add_argument("--steps", type=int, default=500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        run(Path(name), args)
+
+
+def run(tmp: Path, args: argparse.Namespace) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "p2prec.cli", "keygen", *settings(tmp)],
+        check=True,
+        capture_output=True,
+    )
+    nodes = [(f"dc{d}-n{i}", f"dc{d}") for d in range(args.dcs) for i in range(args.per_dc)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2prec.cli",
+            "keygen",
+            *settings(tmp),
+            "--curve",
+            "trainer",
+            *[n for n, _ in nodes],
+        ],
+        check=True,
+        capture_output=True,
+    )
+    trainer_port = free_port()
+    seed = f"trainer@127.0.0.1:{trainer_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for node_id, dc in nodes:
+            procs.append(
+                subprocess.Popen(
+                    node_cmd(tmp, node_id, dc, free_port(), seed), stderr=subprocess.DEVNULL
+                )
+            )
+        wait_for("nodes up", lambda: all(status(tmp, n) for n, _ in nodes), 60)
+        trainer = node_cmd(tmp, "trainer", "dct", trainer_port, seed, role="trainer")
+        trainer += [
+            "--synthetic-rate",
+            str(args.rate),
+            "--synthetic-rows",
+            str(args.rows),
+            "--synthetic-steps",
+            str(args.steps),
+        ]
+        procs.append(subprocess.Popen(trainer, stderr=subprocess.DEVNULL))
+        started = time.time() * 1000
+        wait_for("stream end", lambda: _stream_done(tmp, args.steps), args.steps / args.rate + 60)
+        wait_for("convergence", lambda: _converged(tmp, [n for n, _ in nodes]), 60)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+    report(tmp, [n for n, _ in nodes], started + 1000, args)
+
+
+def _stream_done(tmp: Path, steps: int) -> bool:
+    head = status(tmp, "trainer")
+    if head is None:
+        return False
+    vector = head["vector"]
+    assert isinstance(vector, list)
+    return max(int(v) & ((1 << 40) - 1) for v in vector) >= steps
+
+
+def _converged(tmp: Path, nodes: list[str]) -> bool:
+    head = status(tmp, "trainer")
+    states = [status(tmp, n) for n in nodes]
+    return head is not None and all(
+        s is not None and s["merkle_root"] == head["merkle_root"] for s in states
+    )
+
+
+def report(tmp: Path, nodes: list[str], after_ms: float, args: argparse.Namespace) -> None:
+    per_delta: dict[int, list[float]] = {}
+    for node in nodes:
+        for created_ms, latency_ms in orjson.loads(
+            (tmp / "state" / node / "applied.json").read_bytes()
+        ):
+            if created_ms >= after_ms:
+                per_delta.setdefault(int(created_ms), []).append(float(latency_ms))
+    everywhere = np.array([max(v) for v in per_delta.values() if len(v) == len(nodes)])
+    one_node = np.array([x for v in per_delta.values() for x in v])
+    print(
+        f"mesh: {args.dcs} dcs x {args.per_dc} nodes + trainer, one process each, CURVE, "
+        f"127.0.0.1; {args.steps} deltas of {args.rows} rows x dim 64 at {args.rate}/s"
+    )
+    print(f"deltas measured (applied on all {len(nodes)} nodes): {everywhere.size}")
+    for label, values in (("applied on every node", everywhere), ("applied on one node", one_node)):
+        p50, p99 = np.percentile(values, [50, 99])
+        print(f"{label:24} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   max {values.max():7.1f} ms")
+    print("goal: p99 applied on every node < 100 ms")
+
+
+if __name__ == "__main__":
+    main()
