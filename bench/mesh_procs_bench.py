@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="deltas per second")
     parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument(
+        "--validate-every", type=int, default=20, help="trainer validates every N steps (0: never)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         run(Path(name), args)

@@ -214,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop the synthetic stream after N steps (default: never)",
     )
+    node.add_argument(
+        "--synthetic-validate-every",
+        type=int,
+        default=20,
+        metavar="N",
+        help="validate the head every N synthetic steps (default 20; 0: never)",
+    )
     node.set_defaults(handler=_cmd_node)
     return parser
 

@@ -25,7 +25,7 @@ class SyntheticStream:
     rows: int = 100  # ids per table per step
     key_space: int = 1_000_000
     steps: int = 0  # 0: until cancelled
-    validate_every: int = 20
+    validate_every: int = 20  # 0: never
     seed: int = 0
 
 
@@ -68,7 +68,7 @@ async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
         for delta in step_deltas(publisher, stream, rng, created_ms):
             driver.publish(delta)
         step += 1
-        if step % stream.validate_every == 0:
+        if stream.validate_every and step % stream.validate_every == 0:
             driver.publish(publisher.validated_head(created_ms))
         await asyncio.sleep(max(0.0, start + step / stream.rate_per_s - loop.time()))
     return step
