@@ -42,10 +42,14 @@ class StepRecord:
     dense_prev: dict[str, DenseValue | None] = field(default_factory=dict)
     dense_names: tuple[str, ...] = ()
     has_undo: bool = True
+    _rows: int = field(default=-1, repr=False)
 
     @property
     def rows(self) -> int:
-        return sum(int(k.size) for k in self.keys.values()) + len(self.dense_names)
+        """Rows this step wrote (its weight in the budgets); fixed once the record is logged."""
+        if self._rows < 0:
+            self._rows = sum(int(k.size) for k in self.keys.values()) + len(self.dense_names)
+        return self._rows
 
 
 class StepLog:
