@@ -9,7 +9,7 @@ The same object runs in a real process (p2prec/io) and in the simulator (p2prec/
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +28,7 @@ from p2prec.core.sync import (
 )
 from p2prec.core.tree import TreeMember, TreeView, group_of_shard
 from p2prec.model.snapshot import SnapshotError, restore_shard, strong_digest
-from p2prec.model.store import InvalidDelta, ParamStore, UndoUnavailable
+from p2prec.model.store import InvalidDelta, ParamStore
 from p2prec.wire.messages import (
     ControlRequest,
     ParamDelta,
@@ -84,7 +84,6 @@ class Counters:
     gap_dropped: int = 0  # buffered deltas dropped at the bound (repaired later)
     rollbacks: int = 0
     pulls: int = 0  # catch-up requests sent
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Replica:
@@ -487,4 +486,4 @@ def _control_epoch(msg: Validated | Rollback) -> int:
     return msg.epoch if isinstance(msg, Validated) else msg.new_epoch
 
 
-__all__ = ["Counters", "Replica", "ReplicaConfig", "UndoUnavailable"]
+__all__ = ["Counters", "Replica", "ReplicaConfig"]

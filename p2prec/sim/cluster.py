@@ -73,11 +73,10 @@ class Cluster:
     replica_config: ReplicaConfig
     membership_config: MembershipConfig
     stream: StreamModel
-    publisher: Publisher
+    publisher: Publisher = field(init=False)  # made by build(), once the cluster exists
     nodes: dict[str, SimNode] = field(default_factory=dict)
     now: float = 0.0
     violations: list[Violation] = field(default_factory=list)
-    trace: list[tuple[float, str]] = field(default_factory=list)
     _timers: list[tuple[float, int, str]] = field(default_factory=list)
     _actions: list[tuple[float, int, Callable[[], None]]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -106,8 +105,7 @@ class Cluster:
     ) -> Cluster:
         rng = np.random.default_rng(seed)
         network = SimNetwork(np.random.default_rng(rng.integers(2**63)), links)
-        placeholder = Publisher.__new__(Publisher)
-        cluster = cls(rng, layout, network, replica_config, membership_config, stream, placeholder)
+        cluster = cls(rng, layout, network, replica_config, membership_config, stream)
         addrs = [cluster.new_addr(f"n{i:03d}") for i in range(n_nodes)]
         # Seeds: the trainer and the first node of each datacenter.
         cluster._seeds = ["trainer@0", *addrs[:n_dcs]]
