@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,48 +24,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def settings(tmp: Path) -> list[str]:
-    return [
-        "--set",
-        f"keys.curve_dir={tmp / 'curve'}",
-        "--set",
-        f"keys.trainer_public_key={tmp / 'trainer.pub'}",
-        "--set",
-        f"keys.trainer_signing_key={tmp / 'trainer.key'}",
-    ]
+from p2prec.io.localmesh import free_port, key_settings, node_command, read_status
 
 
 def node_cmd(
     tmp: Path, node_id: str, dc: str, port: int, seed: str, role: str = "node", dim: int = 64
 ) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "p2prec.cli",
-        "node",
-        "--config",
-        "local",
-        *settings(tmp),
-        "--set",
-        f"node.id={node_id}",
-        "--set",
-        f"node.dc={dc}",
-        "--set",
-        f"node.role={role}",
-        "--set",
-        f"node.data_dir={tmp / 'state' / node_id}",
-        "--set",
-        f"mesh.port={port}",
-        "--set",
-        f'mesh.seeds=["{seed}"]',
+    tuning = [
         "--set",
         "mesh.shard_groups=1",
         "--set",
@@ -76,15 +40,11 @@ def node_cmd(
         "--set",
         "log.level=warning",
     ]
+    return node_command(tmp, node_id, dc, port=port, seeds=[seed], role=role, settings=tuning)
 
 
 def status(tmp: Path, node_id: str) -> dict[str, object] | None:
-    path = tmp / "state" / node_id / "status.json"
-    try:
-        data = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_status(tmp, node_id)
 
 
 def wait_for(what: str, condition: object, timeout_s: float) -> None:
@@ -113,7 +73,7 @@ def main() -> None:
 
 def run(tmp: Path, args: argparse.Namespace) -> None:
     subprocess.run(
-        [sys.executable, "-m", "p2prec.cli", "keygen", *settings(tmp)],
+        [sys.executable, "-m", "p2prec.cli", "keygen", *key_settings(tmp)],
         check=True,
         capture_output=True,
     )
@@ -124,7 +84,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             "-m",
             "p2prec.cli",
             "keygen",
-            *settings(tmp),
+            *key_settings(tmp),
             "--curve",
             "trainer",
             *[n for n, _ in nodes],
@@ -200,6 +160,10 @@ def report(tmp: Path, nodes: list[str], after_ms: float, args: argparse.Namespac
         f"127.0.0.1; {args.steps} deltas of {args.rows} rows x dim 64 at {args.rate}/s"
     )
     print(f"deltas measured (applied on all {len(nodes)} nodes): {everywhere.size}")
+    if everywhere.size == 0:
+        raise SystemExit(
+            "no delta was applied on every node after the first second: run longer (--steps)"
+        )
     for label, values in (("applied on every node", everywhere), ("applied on one node", one_node)):
         p50, p99 = np.percentile(values, [50, 99])
         print(f"{label:24} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   max {values.max():7.1f} ms")

@@ -16,7 +16,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from p2prec.cli import main
 from p2prec.config import load_config
 from p2prec.core.tree import TreeMember, TreeView
 from p2prec.core.versions import Version
+from p2prec.io.localmesh import data_dir, free_port, key_settings, node_command
 
 DCS = ("dc0", "dc1", "dc2")
 NODES = [f"{dc}-n{i}" for dc in DCS for i in range(3)]
@@ -43,13 +43,6 @@ CONVERGE_DEADLINE_S = 60.0  # after the stream's end, every node equals the trai
 POLL_S = 0.1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _seq(packed: int) -> int:
     return Version.unpack(packed).seq
 
@@ -59,15 +52,8 @@ class Mesh:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.keys = [
-            "--set",
-            f"keys.curve_dir={tmp / 'curve'}",
-            "--set",
-            f"keys.trainer_public_key={tmp / 'trainer.pub'}",
-            "--set",
-            f"keys.trainer_signing_key={tmp / 'trainer.key'}",
-        ]
-        self.ports = {name: _free_port() for name in ["trainer", *NODES]}
+        self.keys = key_settings(tmp)
+        self.ports = {name: free_port() for name in ["trainer", *NODES]}
         self.seed = f"trainer@127.0.0.1:{self.ports['trainer']}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []  # every process, for the cleanup
@@ -75,19 +61,11 @@ class Mesh:
         self.logs: list[IO[bytes]] = []
 
     def data_dir(self, name: str) -> Path:
-        return self.tmp / "state" / name
+        return data_dir(self.tmp, name)
 
     def node_command(self, name: str, dc: str, *extra: str) -> list[str]:
-        port = self.ports.get(name, 0)
         seeds = [] if name == "trainer" else [self.seed]
-        return [
-            sys.executable,
-            "-m",
-            "p2prec.cli",
-            "node",
-            "--config",
-            "local",
-            *self.keys,
+        tuning = [
             "--set",
             f"store.row_shards={ROW_SHARDS}",
             "--set",
@@ -96,18 +74,15 @@ class Mesh:
             "mesh.checkpoint_interval_s=1.0",
             "--set",
             "log.format=json",
-            "--set",
-            f"node.id={name}",
-            "--set",
-            f"node.dc={dc}",
-            "--set",
-            f"mesh.port={port}",
-            "--set",
-            f"mesh.seeds={orjson.dumps(seeds).decode()}",
-            "--set",
-            f"node.data_dir={self.data_dir(name)}",
-            *extra,
         ]
+        return node_command(
+            self.tmp,
+            name,
+            dc,
+            port=self.ports.get(name, 0),
+            seeds=seeds,
+            settings=[*tuning, *extra],
+        )
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         self.commands[name] = command
