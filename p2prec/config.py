@@ -415,6 +415,145 @@ class KeysConfig(_Section):
     curve_dir: str = _key("keys/curve", "Directory of ZeroMQ CURVE key pairs for transport.")
 
 
+@dataclass(frozen=True)
+class TrainerConfig(_Section):
+    """The torch trainer (``p2prec trainer``): model, click stream, publishing cadence,
+    validation and rollback. Read by the trainer process only."""
+
+    SECTION: ClassVar[str] = "trainer"
+
+    seed: int = _key(
+        0,
+        "Seed of the synthetic stream, the holdout split and new embedding rows: two runs "
+        "with the same seed publish identical deltas.",
+        ge=0,
+    )
+    source: Literal["synthetic", "csv"] = _key(
+        "synthetic", "Click stream: 'synthetic' (built in, seeded) or 'csv' (trainer.csv_path)."
+    )
+    csv_path: str = _key(
+        "interactions.csv",
+        "Interaction log replayed when trainer.source = 'csv': lines 'user,item,label,timestamp' "
+        "(int64 ids, label 0 or 1, timestamp in seconds), optional header line.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = _key(
+        "auto", "Torch device: 'auto' uses CUDA when present, the CPU otherwise."
+    )
+    batch_samples: int = _key(256, "Samples per training step (mini-batch).", ge=1, le=1 << 20)
+    hidden_units: int = _key(
+        64, "Width of the hidden layer of the user tower MLP.", ge=1, le=1 << 14
+    )
+    embedding_learning_rate: float = _key(
+        0.05, "Adagrad learning rate of the embedding rows.", gt=0, le=10
+    )
+    dense_learning_rate: float = _key(
+        0.003, "Adam learning rate of the dense (MLP) weights.", gt=0, le=10
+    )
+    embedding_init_std: float = _key(
+        0.05, "Standard deviation of the random initial value of a new embedding row.", ge=0
+    )
+    publish_every_steps: int = _key(
+        1,
+        "Fewest training steps coalesced into one publication: a row touched several times "
+        "is sent once, with its latest value.",
+        ge=1,
+        le=1_000_000,
+    )
+    publish_interval_s: float = _key(
+        0.05,
+        "Fewest wall-clock seconds between publications (coalescing bounds the cost per "
+        "sample); both this and publish_every_steps must be reached. 0: step cadence only, "
+        "which makes the deltas a function of the seed alone.",
+        ge=0,
+        le=60,
+    )
+    dense_every_steps: int = _key(
+        10,
+        "Steps between publications of the dense weights (sent only when they changed).",
+        ge=1,
+        le=1_000_000,
+    )
+    validate_every_steps: int = _key(
+        100,
+        "Steps between validations of the published head: Validated, or Rollback when worse "
+        "than the last validated state (0: never validate).",
+        ge=0,
+    )
+    holdout_share: float = _key(
+        0.05, "Share of the stream's samples held out (never trained) for validation.", gt=0, le=0.5
+    )
+    holdout_samples_max: int = _key(
+        4096, "Most recent held-out samples the validator scores, in samples.", ge=16
+    )
+    rollback_auc_drop_max: float = _key(
+        0.02,
+        "Largest AUC drop (head vs last validated state, same held-out samples) that still "
+        "passes; a larger drop rolls the head back.",
+        ge=0,
+        le=1,
+    )
+    rollback_logloss_rise_max: float = _key(
+        0.05,
+        "Largest log-loss rise (nats per sample, head vs last validated state) that still "
+        "passes; a larger rise rolls the head back.",
+        ge=0,
+    )
+    checkpoint_every_steps: int = _key(
+        1000,
+        "Steps between checkpoints of the torch state to <node.data_dir>/trainer.pt "
+        "(also written on a clean stop).",
+        ge=1,
+    )
+    samples_per_s_max: float = _key(
+        2000.0,
+        "Wall-clock bound on trained samples per second, so the trainer leaves CPU to the "
+        "other processes of a host (0: unbounded).",
+        ge=0,
+    )
+    stream_samples_per_s: float = _key(
+        1000.0, "Synthetic stream: impressions per second of stream time.", gt=0
+    )
+    stream_new_users_per_s: float = _key(
+        5.0, "Synthetic stream: new users per second of stream time.", ge=0
+    )
+    stream_new_items_per_s: float = _key(
+        1.0, "Synthetic stream: new items per second of stream time.", ge=0
+    )
+    stream_users_max: int = _key(
+        10_000, "Synthetic stream: active users kept; the oldest retire beyond it.", ge=16
+    )
+    stream_items_max: int = _key(
+        1_000, "Synthetic stream: active items kept; the least popular retire beyond it.", ge=16
+    )
+    stream_trend_share: float = _key(
+        0.3, "Synthetic stream: share of new items that trend (rise, peak, fade).", ge=0, le=1
+    )
+    stream_trend_peak_s: float = _key(
+        60.0,
+        "Synthetic stream: stream seconds from a trending item's appearance to its peak.",
+        gt=0,
+    )
+    stream_drift_per_s: float = _key(
+        0.02,
+        "Synthetic stream: interest drift, the standard deviation per sqrt(stream second) of "
+        "the random walk of a user's (unit) interest vector.",
+        ge=0,
+    )
+    stream_latent_dim: int = _key(
+        16, "Synthetic stream: dimension of the hidden user interests and item topics.", ge=1
+    )
+    poison_popular_items: int = _key(
+        50,
+        "Items the poison switch treats as popular (the most frequent in recent samples); "
+        "their labels are flipped while poisoned.",
+        ge=1,
+    )
+
+    def check(self) -> None:
+        if self.source == "csv" and not self.csv_path.strip():
+            raise ConfigError(f"{self._name('csv_path')}: expected a file path, got ''")
+
+
 # --- presets ---------------------------------------------------------------------------------
 
 #: Per-section overrides of the dataclass defaults, by preset name. Timing only, as memberlist.
@@ -472,6 +611,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     log: LogConfig = field(default_factory=LogConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)
