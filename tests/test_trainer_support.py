@@ -14,9 +14,9 @@ from p2prec.config import Config, load_config
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
 from p2prec.model.store import ParamStore
-from p2prec.trainer.head import DriverHead, StoreHead
+from p2prec.trainer.head import DriverHead, Head, Published, StoreHead
 from p2prec.trainer.runtime import Trainer, build_trainer
-from p2prec.wire.messages import ParamDelta
+from p2prec.wire.messages import ParamDelta, Validated
 from p2prec.wire.signing import Signer
 
 torch.set_num_threads(1)
@@ -85,16 +85,46 @@ class TrainerProcess:
         self.signer = Signer.load(signing_key)
         self.driver = NodeDriver(self.config, self.signer.verifier(), self.signer)
         self.trainer: Trainer | None = None
+        self.head: RecordingHead | None = None
+        self.addr = ""
 
     async def start(self) -> Trainer:
-        await self.driver.start()
-        self.trainer = build_trainer(self.config, DriverHead(self.driver))
+        self.addr = await self.driver.start()
+        self.head = RecordingHead(DriverHead(self.driver))
+        self.trainer = build_trainer(self.config, self.head)
         return self.trainer
 
     async def close(self) -> None:
         if self.trainer is not None:
             self.trainer.checkpoint()
         await self.driver.close()
+
+
+class RecordingHead:
+    """A head that keeps every message published through it."""
+
+    def __init__(self, head: Head) -> None:
+        self.inner = head
+        self.published: list[Published] = []
+
+    @property
+    def store(self) -> ParamStore:
+        return self.inner.store
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    @property
+    def shard_groups(self) -> int:
+        return self.inner.shard_groups
+
+    def publish(self, msg: Published) -> None:
+        self.published.append(msg)
+        self.inner.publish(msg)
+
+    def validated_head(self, created_ms: int) -> Validated:
+        return self.inner.validated_head(created_ms)
 
 
 def issued(delta: ParamDelta) -> list[tuple[int, int]]:
@@ -105,3 +135,15 @@ def issued(delta: ParamDelta) -> list[tuple[int, int]]:
 def table_contents(store: ParamStore, table: str) -> dict[int, np.ndarray]:
     keys, slots = store.tables[table].live_slots()
     return {int(k): store.tables[table].rows[s].copy() for k, s in zip(keys, slots, strict=True)}
+
+
+def node_config(tmp: Path, node_id: str, seeds: list[str]) -> Config:
+    """An inference node of the same small layout, joining through ``seeds``."""
+    return small_config(
+        tmp,
+        node__id=node_id,
+        node__role="node",
+        node__dc="dc-a",
+        node__data_dir=str(tmp / "state" / node_id),
+        mesh__seeds=seeds,
+    )
