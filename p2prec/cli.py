@@ -4,6 +4,7 @@
     p2prec config show [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--json]
     p2prec config check FILE_OR_PRESET
     p2prec keygen [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--force]
+    p2prec trainer [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--device D] [--steps N]
 
 Errors (bad config, existing keys, I/O) exit with status 2 and one line on stderr.
 """
@@ -18,7 +19,7 @@ import platform
 import signal
 import sys
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the head every N synthetic steps (default 20; 0: never)",
     )
     node.set_defaults(handler=_cmd_node)
+    _add_trainer_command(sub, options)
     return parser
 
 
@@ -265,6 +267,89 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream
         await driver.close()
+
+
+def _add_trainer_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], options: argparse.ArgumentParser
+) -> None:
+    trainer = sub.add_parser(
+        "trainer",
+        parents=[options],
+        help="train online (torch) and publish signed deltas into the mesh (node.role = trainer)",
+    )
+    trainer.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="torch device; auto: CUDA when present, else the CPU (default: trainer.device)",
+    )
+    trainer.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N training steps (default: until SIGINT/SIGTERM or the log's end)",
+    )
+    trainer.set_defaults(handler=_cmd_trainer)
+
+
+def _cmd_trainer(args: argparse.Namespace) -> int:
+    """Run the trainer's driver and training loop; checkpoint and stop cleanly at the end."""
+    if args.steps < 0:
+        raise CliError(f"--steps: expected N >= 0, got {args.steps}")
+    config = load_config(args.config, {**_parse_sets(args.set), "node.role": "trainer"})
+    if config.node.id != config.mesh.publisher_id:
+        raise CliError(
+            f"node.id: the trainer's id must be mesh.publisher_id "
+            f"({config.mesh.publisher_id!r}), got {config.node.id!r}"
+        )
+    from p2prec.log import configure_logging
+    from p2prec.trainer.checkpoint import CheckpointError
+
+    configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    try:
+        asyncio.run(_serve_trainer(config, args))
+    except (OSError, ValueError, CheckpointError) as exc:
+        raise CliError(f"trainer: {exc}") from None
+    return EXIT_OK
+
+
+async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
+    from p2prec.io.node import NodeDriver
+    from p2prec.trainer.head import DriverHead
+    from p2prec.trainer.runtime import Trainer, build_trainer
+    from p2prec.wire.signing import Signer, Verifier
+
+    verifier = Verifier.load(config.keys.trainer_public_key)
+    driver = NodeDriver(config, verifier, Signer.load(config.keys.trainer_signing_key))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await driver.start()
+    trainer: Trainer | None = None
+    try:
+        trainer = build_trainer(config, DriverHead(driver), args.device)
+        trainer.resume()
+        await _until_done_or_stopped(trainer.run(args.steps), stop)
+    finally:
+        if trainer is not None:
+            trainer.checkpoint()
+        await driver.close()
+
+
+async def _until_done_or_stopped(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> None:
+    """Run ``work`` until it ends or ``stop`` is set (then cancel it); its errors propagate."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        stopper.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if not task.cancelled():
+        task.result()
 
 
 def _add_sim_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
