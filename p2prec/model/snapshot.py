@@ -8,6 +8,7 @@ recomputes the digest and refuses a snapshot whose digest does not match.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
 from p2prec.model.rowhash import row_hashes
 from p2prec.model.steplog import DenseValue
-from p2prec.model.store import ParamStore
+from p2prec.model.store import ParamStore, ShardRows
 from p2prec.wire.messages import TableRows
 
 MAGIC = b"P2PSNAP1"
@@ -37,42 +38,88 @@ def snapshot_shard(store: ParamStore, shard: int, at: int | None = None) -> byte
     """Serialise the content of ``shard``, now or as of version ``at``. The bytes are canonical
     (keys sorted, fixed header order): equal content gives equal bytes, so a BLAKE3 of them
     signed by the trainer authenticates a snapshot served by any peer."""
-    if at is not None and not store.can_read_at(shard, at):
-        raise ValueError(f"shard {shard} cannot be read as of version {at}")
-    version = int(store.vector.packed[shard]) if at is None else at
-    buffers: list[bytes] = []
-    header: dict[str, Any] = {
-        "shard": shard,
-        "version": version,
-        "digest": 0,
-        "tables": [],
-        "dense": [],
-    }
-    if shard == store.layout.dense_shard:
-        dense = store.dense_values(at)
-        for name, value in sorted(dense.items()):
-            arr = np.ascontiguousarray(value.array)
-            header["dense"].append(
-                {
-                    "name": name,
-                    "dtype": arr.dtype.str,
-                    "shape": list(arr.shape),
-                    "version": value.version,
-                }
-            )
-            buffers.append(arr.tobytes())
-        header["digest"] = sum(tensor_hash(n, v) for n, v in dense.items()) % (1 << 64)
-    else:
-        total = np.zeros(1, dtype=np.uint64)
-        for name, rows in store.shard_rows(shard, at).items():
-            header["tables"].append({"name": name, "n": len(rows), "dtype": rows.rows.dtype.str})
-            buffers += [rows.keys.tobytes(), rows.versions.tobytes(), rows.rows.tobytes()]
-            total += row_hashes(table_salt(name), rows.keys, rows.versions, rows.rows).sum(
-                dtype=np.uint64
-            )
-        header["digest"] = int(total[0])
-    head = orjson.dumps(header)
-    return b"".join([MAGIC, _LEN.pack(len(head)), head, *buffers])
+    return dict(snapshot_shards(store, [shard], at))[shard]
+
+
+def snapshot_shards(
+    store: ParamStore, shards: Sequence[int], at: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """``snapshot_shard`` of many shards, reading each table's index once."""
+    for shard, parts in snapshot_parts(store, shards, at):
+        yield shard, b"".join(parts)
+
+
+def strong_digests(
+    store: ParamStore, shards: Sequence[int], at: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """``strong_digest(snapshot_shard(...))`` of many shards, hashing the parts of each
+    snapshot without joining them (no copy of the shard)."""
+    for shard, parts in snapshot_parts(store, shards, at):
+        hasher = blake3()
+        for part in parts:
+            hasher.update(part)
+        yield shard, hasher.digest(32)
+
+
+Part = bytes | memoryview
+
+
+def snapshot_parts(
+    store: ParamStore, shards: Sequence[int], at: int | None = None
+) -> Iterator[tuple[int, list[Part]]]:
+    """The bytes of each shard's snapshot as a list of parts (views of fresh arrays)."""
+    for shard in shards:
+        if at is not None and not store.can_read_at(shard, at):
+            raise ValueError(f"shard {shard} cannot be read as of version {at}")
+    dense_shard = store.layout.dense_shard
+    row_shards = [s for s in shards if s != dense_shard]
+    by_shard = store.rows_of_shards(row_shards, at) if row_shards else {}
+    for shard in shards:
+        version = int(store.vector.packed[shard]) if at is None else at
+        if shard == dense_shard:
+            yield shard, _dense_parts(store, shard, version, at)
+        else:
+            yield shard, _rows_parts(shard, version, by_shard[shard])
+
+
+def _rows_parts(shard: int, version: int, rows: ShardRows) -> list[Part]:
+    buffers: list[Part] = []
+    tables = []
+    for name, part in rows.tables.items():
+        tables.append({"name": name, "n": len(part), "dtype": part.rows.dtype.str})
+        buffers += [_view(part.keys), _view(part.versions), _view(part.rows)]
+    return _header_parts(shard, version, rows.digest, tables, []) + buffers
+
+
+def _dense_parts(store: ParamStore, shard: int, version: int, at: int | None) -> list[Part]:
+    buffers: list[Part] = []
+    entries = []
+    dense = store.dense_values(at)
+    for name, value in sorted(dense.items()):
+        arr = np.ascontiguousarray(value.array)
+        shape, dtype = list(arr.shape), arr.dtype.str
+        entries.append({"name": name, "dtype": dtype, "shape": shape, "version": value.version})
+        buffers.append(_view(arr))
+    digest = sum(tensor_hash(n, v) for n, v in dense.items()) % (1 << 64)
+    return _header_parts(shard, version, digest, [], entries) + buffers
+
+
+def _header_parts(
+    shard: int,
+    version: int,
+    digest: int,
+    tables: list[dict[str, Any]],
+    dense: list[dict[str, Any]],
+) -> list[Part]:
+    header = {"shard": shard, "version": version, "digest": digest}
+    head = orjson.dumps({**header, "tables": tables, "dense": dense})
+    return [MAGIC, _LEN.pack(len(head)), head]
+
+
+def _view(arr: npt.NDArray[Any]) -> memoryview:
+    """The bytes of a C-contiguous little-endian array, without a copy."""
+    flat = np.ascontiguousarray(arr).reshape(-1)  # 1-d: a cast works for empty arrays too
+    return flat.data.cast("B")
 
 
 def strong_digest(snapshot: bytes | memoryview) -> bytes:

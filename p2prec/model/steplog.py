@@ -12,6 +12,7 @@ budget is spent. Both budgets are counted in rows, and released oldest first.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class DenseValue:
     version: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StepRecord:
     """What one step changed in one shard."""
 
@@ -39,26 +40,25 @@ class StepRecord:
     version: int  # packed version after it
     keys: dict[str, I64]  # per table: keys written (change history)
     slots: dict[str, I64]  # per table: slots written (undo, while has_undo)
+    rows: int  # rows written (table rows + dense tensors): the record's weight in the budgets
     dense_prev: dict[str, DenseValue | None] = field(default_factory=dict)
     dense_names: tuple[str, ...] = ()
     has_undo: bool = True
-    _rows: int = field(default=-1, repr=False)
-
-    @property
-    def rows(self) -> int:
-        """Rows this step wrote (its weight in the budgets); fixed once the record is logged."""
-        if self._rows < 0:
-            self._rows = sum(int(k.size) for k in self.keys.values()) + len(self.dense_names)
-        return self._rows
 
 
 class StepLog:
-    """Per-shard step records with row budgets for undo and for change history."""
+    """Per-shard step records with row budgets for undo and for change history.
+
+    Within a shard, the records still holding undo are always the newest ones (undo is
+    released oldest first, by validation or by budget), so each shard keeps two deques:
+    ``_done`` (history only) then ``_undo``. Releasing moves a record from the front of
+    ``_undo`` to the back of ``_done``: validation costs what it releases, not the history."""
 
     def __init__(self, n_shards: int, undo_rows_max: int, history_rows_max: int) -> None:
         self.undo_rows_max = undo_rows_max
         self.history_rows_max = max(history_rows_max, undo_rows_max)
-        self._by_shard: list[deque[StepRecord]] = [deque() for _ in range(n_shards)]
+        self._done: list[deque[StepRecord]] = [deque() for _ in range(n_shards)]
+        self._undo: list[deque[StepRecord]] = [deque() for _ in range(n_shards)]
         self._undo_order: dict[int, StepRecord] = {}  # insertion order = age
         self._history_order: dict[int, StepRecord] = {}
         self.undo_rows = 0
@@ -67,14 +67,15 @@ class StepLog:
         self.history_floor: I64 = np.zeros(n_shards, dtype=np.int64)
 
     def append(self, record: StepRecord) -> None:
-        self._by_shard[record.shard].append(record)
+        self._undo[record.shard].append(record)
         self._undo_order[id(record)] = record
         self._history_order[id(record)] = record
         self.undo_rows += record.rows
         self.history_rows += record.rows
 
     def records(self, shard: int) -> Iterator[StepRecord]:
-        return iter(self._by_shard[shard])
+        """The shard's records, oldest first."""
+        return itertools.chain(self._done[shard], self._undo[shard])
 
     # -- undo --------------------------------------------------------------------------------
 
@@ -82,7 +83,8 @@ class StepLog:
         """True when shard steps above ``target`` all hold undo and end exactly at it."""
         if target < self.undo_floor[shard]:
             return False
-        for record in reversed(self._by_shard[shard]):
+        newest_first = itertools.chain(reversed(self._undo[shard]), reversed(self._done[shard]))
+        for record in newest_first:
             if record.version <= target:
                 return record.version == target
             if not record.has_undo:
@@ -94,38 +96,39 @@ class StepLog:
     def pop_newer(self, shard: int, target: int) -> list[StepRecord]:
         """Remove and return the records above ``target``, newest first."""
         popped: list[StepRecord] = []
-        records = self._by_shard[shard]
-        while records and records[-1].version > target:
-            record = records.pop()
-            self._forget(record)
-            popped.append(record)
+        for records in (self._undo[shard], self._done[shard]):
+            while records and records[-1].version > target:
+                record = records.pop()
+                self._forget(record)
+                popped.append(record)
         return popped
 
     def release_validated(self, shard: int, upto: int) -> list[StepRecord]:
         """Records of ``shard`` at or below ``upto`` that still hold undo, now released."""
         released = []
-        for record in self._by_shard[shard]:
-            if record.version > upto:
-                break
-            if record.has_undo:
-                self._release(record)
-                released.append(record)
+        undo = self._undo[shard]
+        while undo and undo[0].version <= upto:
+            released.append(self._release(undo[0]))
         return released
 
     def release_over_budget(self) -> list[StepRecord]:
         """Oldest records holding undo, released until the undo budget holds."""
         released = []
         while self.undo_rows > self.undo_rows_max and self._undo_order:
-            record = next(iter(self._undo_order.values()))
-            self._release(record)
+            record = self._release(next(iter(self._undo_order.values())))
             self.undo_floor[record.shard] = max(self.undo_floor[record.shard], record.version)
             released.append(record)
         return released
 
-    def _release(self, record: StepRecord) -> None:
+    def _release(self, record: StepRecord) -> StepRecord:
+        """Move the oldest undo record of its shard to the history-only records."""
+        undo = self._undo[record.shard]
+        assert undo[0] is record, "undo is released oldest first within a shard"
+        self._done[record.shard].append(undo.popleft())
         record.has_undo = False
         del self._undo_order[id(record)]
         self.undo_rows -= record.rows
+        return record
 
     # -- history -----------------------------------------------------------------------------
 
@@ -136,10 +139,10 @@ class StepLog:
         while self.history_rows > self.history_rows_max and self._history_order:
             record = next(iter(self._history_order.values()))
             if record.has_undo:
-                self._release(record)
-                unreleased.append(record)
+                unreleased.append(self._release(record))
             shard = record.shard
-            self._by_shard[shard].popleft()
+            oldest = self._done[shard].popleft()
+            assert oldest is record, "history is trimmed oldest first"
             del self._history_order[id(record)]
             self.history_rows -= record.rows
             self.history_floor[shard] = max(self.history_floor[shard], record.version)
@@ -150,18 +153,27 @@ class StepLog:
         """Records above ``since`` (oldest first), or None when history does not reach back."""
         if since < self.history_floor[shard]:
             return None
-        return [r for r in self._by_shard[shard] if r.version > since]
+        newer = []
+        for record in itertools.chain(reversed(self._undo[shard]), reversed(self._done[shard])):
+            if record.version <= since:
+                break
+            newer.append(record)
+        return newer[::-1]
 
     def _forget(self, record: StepRecord) -> None:
+        """Drop a record already taken out of its shard's deques."""
         if record.has_undo:
-            self._release(record)
+            record.has_undo = False
+            del self._undo_order[id(record)]
+            self.undo_rows -= record.rows
         del self._history_order[id(record)]
         self.history_rows -= record.rows
 
     def reset_shard(self, shard: int, version: int) -> None:
         """Forget a shard's records (its content was replaced wholesale at ``version``)."""
-        for record in self._by_shard[shard]:
+        for record in [*self._done[shard], *self._undo[shard]]:
             self._forget(record)
-        self._by_shard[shard].clear()
+        self._done[shard].clear()
+        self._undo[shard].clear()
         self.undo_floor[shard] = version
         self.history_floor[shard] = version
