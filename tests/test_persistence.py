@@ -1,10 +1,12 @@
 """Node state on disk: snapshots + the log of signed messages, replayed after a crash."""
 
+import shutil
 from pathlib import Path
 
 from p2prec.core.versions import VersionVector
 from p2prec.io.persistence import NodeDisk
 from p2prec.model.layout import StoreLayout
+from p2prec.model.snapshot import snapshot_shard
 from p2prec.model.store import ParamStore
 from p2prec.sim.lineage import generate
 from p2prec.wire.codec import decode, encode
@@ -43,6 +45,45 @@ def test_restart_restores_snapshots_then_replays_the_log(tmp_path: Path) -> None
     assert replay_into(again, restarted, signer) == 15  # only what came after the checkpoint
     assert restarted.root == live.root
     assert restarted.vector == live.vector
+
+
+def test_a_checkpoint_in_steps_covers_what_it_drops(tmp_path: Path) -> None:
+    """The driver's checkpoint: rotate, then write one shard at a time while deltas keep
+    coming (later snapshots hold more), drop the old segments only at the end. A crash at
+    any point of it recovers the live state."""
+    signer = Signer.generate()
+    lineage = generate(LAYOUT, seed=3, steps=40)
+    live = ParamStore(LAYOUT)
+    disk = NodeDisk(tmp_path, fsync=False)
+    crash_states = []
+    covered = []
+    for i, delta in enumerate(lineage.deltas):
+        live.apply(delta)
+        disk.append(encode(delta, signer))
+        if i == 10:
+            covered = disk.rotate()
+        elif 10 < i <= 10 + LAYOUT.n_shards:  # one shard per step, interleaved with deltas
+            shard = i - 11
+            disk.write_shard(shard, snapshot_shard(live, shard))
+            if shard == LAYOUT.n_shards - 1:
+                disk.drop(covered)
+        disk.flush()
+        if i in (12, 30):  # mid-checkpoint (old segments kept), and after it
+            crash_states.append((copy_dir(tmp_path, i), live.root, live.vector))
+    for path, root, vector in crash_states:
+        restarted = ParamStore(LAYOUT)
+        again = NodeDisk(path, fsync=False)
+        again.load_snapshots(restarted)
+        replay_into(again, restarted, signer)
+        assert restarted.root == root
+        assert restarted.vector == vector
+    assert len(list((tmp_path / "log").glob("*.log"))) == 1  # the covered segment is gone
+
+
+def copy_dir(src: Path, tag: int) -> Path:
+    dst = src.parent / f"{src.name}-crash-{tag}"
+    shutil.copytree(src, dst)
+    return dst
 
 
 def test_a_torn_tail_is_ignored_and_a_rollback_replays(tmp_path: Path) -> None:

@@ -12,12 +12,38 @@ from p2prec.core.effects import Effect, Note, Route, Send
 from p2prec.core.fencing import Signed, Verdict
 from p2prec.core.replica import Replica
 from p2prec.core.tree import group_of_shard
-from p2prec.model.snapshot import snapshot_shard, strong_digest
+from p2prec.model.snapshot import strong_digests
+from p2prec.model.store import ParamStore
 from p2prec.wire.messages import ParamDelta, Rollback, Validated
+
+
+class StrongDigests:
+    """BLAKE3 of every shard's canonical snapshot, recomputed only for the shards whose
+    (version, digest) changed since the last call (hashing a shard reads all its rows)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, int, bytes]] = {}
+
+    def of(self, store: ParamStore) -> bytes:
+        """The n_shards x 32 bytes of ``Validated.shard_digests`` for the store's content."""
+        vector, digests = store.vector.packed, store.digests
+        state = {s: (int(vector[s]), int(digests[s])) for s in range(store.layout.n_shards)}
+        stale = [s for s, now in state.items() if self._known.get(s, (None, None))[:2] != now]
+        for shard, strong in strong_digests(store, stale):
+            self._known[shard] = (*state[shard], strong)
+        return b"".join(self._known[s][2] for s in range(store.layout.n_shards))
 
 
 class Publisher(Replica):
     """A replica that originates deltas, validations and rollbacks (see module docstring)."""
+
+    _strong_digests: StrongDigests | None = None
+
+    @property
+    def _strong(self) -> StrongDigests:
+        if self._strong_digests is None:
+            self._strong_digests = StrongDigests()
+        return self._strong_digests
 
     def publish(self, delta: ParamDelta, raw: object = None) -> list[Effect]:
         """Apply ``delta`` to the head and send one copy to each datacenter's tree root."""
@@ -41,10 +67,7 @@ class Publisher(Replica):
         """A ``Validated`` for the head, with the BLAKE3 of every shard's canonical snapshot
         (what lets nodes verify snapshots served by untrusted peers)."""
         store = self.store
-        digests = b"".join(
-            strong_digest(snapshot_shard(store, s)) for s in range(store.layout.n_shards)
-        )
-        return Validated(store.vector, self.fencing.epoch, created_ms, digests)
+        return Validated(store.vector, self.fencing.epoch, created_ms, self._strong.of(store))
 
     def publish_rollback(self, msg: Rollback, raw: object = None) -> list[Effect]:
         """Roll the head back and announce it. Follow it with

@@ -33,6 +33,7 @@ from p2prec.io.persistence import NodeDisk
 from p2prec.io.transport import Envelope, PeerClass, Transport
 from p2prec.log import get_logger
 from p2prec.model.layout import StoreLayout
+from p2prec.model.snapshot import snapshot_shards
 from p2prec.model.store import ParamStore
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.errors import RemoteProtocolError
@@ -43,6 +44,7 @@ log = get_logger("p2prec.node")
 STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
+CHECKPOINT_STEP_SHARDS = 8  # shards snapshotted per step of a checkpoint (one index scan)
 
 
 def replica_config(config: Config) -> ReplicaConfig:
@@ -103,6 +105,7 @@ class NodeDriver:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._checkpointed: tuple[np.ndarray, np.ndarray] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
         # (created_ms, publish -> applied ms) of the last applied deltas, for benchmarks
@@ -175,13 +178,24 @@ class NodeDriver:
                 # aimed at close() itself. asyncio.wait raises only the latter, and is bounded.
                 await asyncio.wait([task], timeout=CLOSE_WAIT_S)
                 self._reap(task)
+            if self._checkpointing is not None:  # not cancelled: a thread may be writing
+                await asyncio.wait([self._checkpointing], timeout=CLOSE_WAIT_S)
         finally:
             try:
-                self.checkpoint()
+                self._final_checkpoint()
             finally:
                 self._write_applied()
                 self.disk.close()
                 await self.transport.close()
+
+    def _final_checkpoint(self) -> None:
+        running = self._checkpointing
+        if running is not None and not running.done():
+            # A worker thread may still replace a shard file: writing it too could leave the
+            # older snapshot last. The log segments stay; recovery replays them.
+            log.error("final_checkpoint_skipped", reason="a checkpoint write is still running")
+            return
+        self.checkpoint()
 
     def _write_applied(self) -> None:
         """``data_dir/applied.json``: [created_ms, latency_ms] of recent applied deltas."""
@@ -225,19 +239,58 @@ class NodeDriver:
             self._replica.store.validate(msg.vector)
 
     def checkpoint(self) -> None:
-        """Write the shards changed since the last checkpoint and the fencing state."""
+        """Write the shards changed since the last checkpoint and the fencing state, at once
+        (on close; ``_checkpoint_in_steps`` does the same off the event loop)."""
         if self.replica is None:
             return
-        store = self.replica.store
+        changed, baseline = self._changed_shards()
+        self.disk.checkpoint(self.replica.store, changed)
+        self._save_control()
+        self._checkpointed = baseline
+        self.counters.checkpoints += 1
+
+    async def _checkpoint_in_steps(self) -> None:
+        """A checkpoint that keeps the loop responsive: start a new log segment, then write the
+        changed shards a few at a time (snapshots built on the loop, written in a worker
+        thread), and drop the old segments only once every shard changed before them is on
+        disk. Snapshots
+        taken later than the rotation hold more, never less; replaying the newer segment over
+        them is idempotent (rows keep the newest version)."""
+        changed, baseline = self._changed_shards()
+        covered = self.disk.rotate()
+        store = self._replica.store
+        for first in range(0, len(changed), CHECKPOINT_STEP_SHARDS):
+            if self._closed:
+                return  # close() checkpoints everything against the old baseline
+            part = changed[first : first + CHECKPOINT_STEP_SHARDS]
+            snapshots = list(snapshot_shards(store, part))
+            await asyncio.to_thread(self._write_shards, snapshots)
+        self._save_control()
+        self.disk.drop(covered)
+        self._checkpointed = baseline
+        self.counters.checkpoints += 1
+
+    def _write_shards(self, snapshots: list[tuple[int, bytes]]) -> None:
+        for shard, data in snapshots:
+            self.disk.write_shard(shard, data)
+
+    def _changed_shards(self) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
+        """Shards changed since the last checkpoint, and the (vector, digests) baseline now."""
+        store = self._replica.store
         vector, digests = store.vector.packed, store.digests
         assert self._checkpointed is not None
         old_vector, old_digests = self._checkpointed
         changed = np.flatnonzero((vector != old_vector) | (digests != old_digests))
-        self.disk.checkpoint(store, [int(s) for s in changed])
-        control = [s.raw for s in self.replica.fencing.control_messages()]
+        return [int(s) for s in changed], (vector.copy(), digests.copy())
+
+    def _save_control(self) -> None:
+        control = [s.raw for s in self._replica.fencing.control_messages()]
         self.disk.save_control([list(f) for f in control if isinstance(f, list)])
-        self._checkpointed = (vector.copy(), digests.copy())
-        self.counters.checkpoints += 1
+
+    def _checkpoint_done(self, task: asyncio.Task[None]) -> None:
+        self._checkpointing = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("checkpoint_failed", exc_info=exc)
 
     def _mark_checkpointed(self) -> None:
         store = self._replica.store
@@ -287,8 +340,9 @@ class NodeDriver:
             if self.now() >= next_status:
                 self.write_status()
                 next_status = self.now() + STATUS_INTERVAL_S
-            if self.now() >= next_checkpoint:
-                self.checkpoint()
+            if self.now() >= next_checkpoint and self._checkpointing is None:
+                self._checkpointing = asyncio.create_task(self._checkpoint_in_steps())
+                self._checkpointing.add_done_callback(self._checkpoint_done)
                 next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
             deadline = min(
                 self._replica.next_deadline() or next_checkpoint, next_checkpoint, next_status

@@ -10,7 +10,8 @@ Layout of ``data_dir``::
 A restarted node restores the snapshots, then replays the log through the same code path that
 applies messages from peers (signatures verified again), so it serves at once from disk and
 fetches only what changed while it was down. A checkpoint writes the shards changed since the
-last one, starts a new log segment and deletes the segments the snapshots now cover.
+last one, starts a new log segment and deletes the segments the snapshots now cover. The
+driver does the same in steps off the event loop (``rotate``, ``write_shard``, ``drop``).
 Torn writes at the tail of a log (a crash mid-append) are detected and ignored.
 """
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shard
+from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shards
 from p2prec.model.store import ParamStore
 
 _COUNT = struct.Struct("<I")
@@ -45,6 +47,8 @@ class NodeDisk:
         self.log_dir = self.root / "log"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.shard_dir.glob("*.tmp"):  # a writer died mid-write
+            stale.unlink(missing_ok=True)
         self._segment = self._last_segment() + 1
         self._log: BinaryIO | None = None
         self.bytes_logged = 0
@@ -77,18 +81,29 @@ class NodeDisk:
 
         Every shard changed since the previous checkpoint must be in ``shards``: the logs
         that are deleted held the only other copy of those changes."""
-        self.flush()
-        for shard in shards:
-            _write_atomic(
-                self.shard_dir / f"{shard}.snap", snapshot_shard(store, shard), self.fsync
-            )
+        for shard, snapshot in snapshot_shards(store, shards):
+            self.write_shard(shard, snapshot)
+        self.drop(self.rotate())
+
+    def rotate(self) -> list[Path]:
+        """Start a new log segment; returns the older segments. They may be ``drop``-ped once
+        every shard changed up to now has been written with ``write_shard``."""
         if self._log is not None:
-            self._log.close()
+            self._log.close()  # no fsync: these segments are deleted once the snapshots are
             self._log = None
         old = sorted(self.log_dir.glob("*.log"), key=_segment_number)
         self._segment = self._last_segment() + 1
-        for path in old:
-            path.unlink()
+        return old
+
+    def write_shard(self, shard: int, snapshot: bytes) -> None:
+        """Replace one shard's snapshot atomically (safe to call from a worker thread)."""
+        _write_atomic(self.shard_dir / f"{shard}.snap", snapshot, self.fsync)
+
+    @staticmethod
+    def drop(segments: Sequence[Path]) -> None:
+        """Delete log segments that snapshots now cover (see ``rotate``)."""
+        for path in segments:
+            path.unlink(missing_ok=True)
 
     def save_control(self, messages: Sequence[Sequence[FrameBytes]]) -> None:
         """Keep the signed rollbacks and newest validation (fencing survives a restart)."""
@@ -179,7 +194,8 @@ def _parse_record(record: bytes) -> list[bytes] | None:
 
 
 def _write_atomic(path: Path, data: bytes, fsync: bool) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # A name of its own per writer thread: two writers never share a temporary file.
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("wb") as handle:
         handle.write(data)
         handle.flush()
