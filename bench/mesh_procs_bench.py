@@ -6,13 +6,14 @@ Starts ``p2prec node`` processes on 127.0.0.1 (CURVE on, local preset, one shard
 step is one delta, one table of dim 64): the nodes first, then the trainer with a synthetic
 stream. Each node records, for every delta it applies, the wall-clock time since the trainer
 created it, and writes them to ``applied.json`` when stopped. A delta's latency is the largest
-over all nodes (applied everywhere). The first second of the stream (membership still forming)
-is left out. Every process started is stopped by its pid.
+over all nodes (applied everywhere). The stream's first ``--warmup-s`` seconds (the trainer still
+learning the members) are left out. Every process started is stopped by its pid.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -25,12 +26,22 @@ import numpy as np
 import orjson
 
 from p2prec.io.localmesh import free_port, key_settings, node_command, read_status
+from p2prec.io.synthetic import SyntheticStream
 
 
 def node_cmd(
-    tmp: Path, node_id: str, dc: str, port: int, seed: str, role: str = "node", dim: int = 64
+    tmp: Path,
+    node_id: str,
+    dc: str,
+    port: int,
+    seed: str,
+    initial_rows: int,
+    role: str = "node",
+    dim: int = 64,
 ) -> list[str]:
     tuning = [
+        "--set",
+        f"store.initial_rows={initial_rows}",
         "--set",
         "mesh.shard_groups=1",
         "--set",
@@ -64,6 +75,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=2.0,
+        help="leave out deltas created in the stream's first seconds (the trainer is still "
+        "learning the members: early deltas reach nodes by catch-up)",
+    )
+    parser.add_argument(
         "--validate-every", type=int, default=20, help="trainer validates every N steps (0: never)"
     )
     args = parser.parse_args()
@@ -95,15 +113,17 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     trainer_port = free_port()
     seed = f"trainer@127.0.0.1:{trainer_port}"
     procs: list[subprocess.Popen[bytes]] = []
+    rows = initial_rows(args)
     try:
         for node_id, dc in nodes:
             procs.append(
                 subprocess.Popen(
-                    node_cmd(tmp, node_id, dc, free_port(), seed), stderr=subprocess.DEVNULL
+                    node_cmd(tmp, node_id, dc, free_port(), seed, rows), stderr=subprocess.DEVNULL
                 )
             )
         wait_for("nodes up", lambda: all(status(tmp, n) for n, _ in nodes), 60)
-        trainer = node_cmd(tmp, "trainer", "dct", trainer_port, seed, role="trainer")
+        cpu_at_start = {n: cpu_seconds(proc.pid) for (n, _), proc in zip(nodes, procs, strict=True)}
+        trainer = node_cmd(tmp, "trainer", "dct", trainer_port, seed, rows, role="trainer")
         trainer += [
             "--synthetic-rate",
             str(args.rate),
@@ -111,11 +131,17 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             str(args.rows),
             "--synthetic-steps",
             str(args.steps),
+            "--synthetic-validate-every",
+            str(args.validate_every),
         ]
         procs.append(subprocess.Popen(trainer, stderr=subprocess.DEVNULL))
-        started = time.time() * 1000
+        names = [n for n, _ in nodes] + ["trainer"]
         wait_for("stream end", lambda: _stream_done(tmp, args.steps), args.steps / args.rate + 60)
         wait_for("convergence", lambda: _converged(tmp, [n for n, _ in nodes]), 60)
+        cpu_s = {
+            name: cpu_seconds(proc.pid) - cpu_at_start.get(name, 0.0)
+            for name, proc in zip(names, procs, strict=True)
+        }
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -125,7 +151,38 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-    report(tmp, [n for n, _ in nodes], started + 1000, args)
+    report(tmp, [n for n, _ in nodes], args)
+    report_cpu(cpu_s, args)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
+def report_cpu(cpu_s: dict[str, float], args: argparse.Namespace) -> None:
+    """CPU per delta: whether the members, together, fit the cores of this machine."""
+    nodes = [v for k, v in cpu_s.items() if k != "trainer"]
+    per_delta_ms = 1000 * np.array(nodes) / args.steps
+    print(
+        f"CPU per delta: node mean {per_delta_ms.mean():.2f} ms (max {per_delta_ms.max():.2f}), "
+        f"trainer {1000 * cpu_s['trainer'] / args.steps:.2f} ms; all members "
+        f"{sum(cpu_s.values()):.1f} s of CPU for {args.steps / args.rate:.0f} s of stream "
+        f"on {os.cpu_count()} cores (nodes: from the stream's start; trainer: incl. start-up)"
+    )
+
+
+def initial_rows(args: argparse.Namespace) -> int:
+    """Pre-size the tables (``store.initial_rows``) for the rows the stream will create, plus
+    the unvalidated tail, so that no table doubles (a copy of every row) mid-measurement."""
+    key_space: int = SyntheticStream().key_space
+    steps: int = args.steps
+    rows: int = args.rows
+    tail: int = rows * max(int(args.validate_every), 1) * 2
+    expected = key_space * (1 - math.exp(-steps * rows / key_space))
+    return int(expected * 1.1) + tail
 
 
 def _stream_done(tmp: Path, steps: int) -> bool:
@@ -145,12 +202,13 @@ def _converged(tmp: Path, nodes: list[str]) -> bool:
     )
 
 
-def report(tmp: Path, nodes: list[str], after_ms: float, args: argparse.Namespace) -> None:
+def report(tmp: Path, nodes: list[str], args: argparse.Namespace) -> None:
+    applied = {n: orjson.loads((tmp / "state" / n / "applied.json").read_bytes()) for n in nodes}
+    first_ms = min((c for records in applied.values() for c, _ in records), default=0)
+    after_ms = first_ms + 1000 * args.warmup_s
     per_delta: dict[int, list[float]] = {}
-    for node in nodes:
-        for created_ms, latency_ms in orjson.loads(
-            (tmp / "state" / node / "applied.json").read_bytes()
-        ):
+    for records in applied.values():
+        for created_ms, latency_ms in records:
             if created_ms >= after_ms:
                 per_delta.setdefault(int(created_ms), []).append(float(latency_ms))
     everywhere = np.array([max(v) for v in per_delta.values() if len(v) == len(nodes)])
@@ -162,7 +220,7 @@ def report(tmp: Path, nodes: list[str], after_ms: float, args: argparse.Namespac
     print(f"deltas measured (applied on all {len(nodes)} nodes): {everywhere.size}")
     if everywhere.size == 0:
         raise SystemExit(
-            "no delta was applied on every node after the first second: run longer (--steps)"
+            "no delta was applied on every node after the warm-up: run longer (--steps)"
         )
     for label, values in (("applied on every node", everywhere), ("applied on one node", one_node)):
         p50, p99 = np.percentile(values, [50, 99])
