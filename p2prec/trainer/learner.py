@@ -68,8 +68,8 @@ class OnlineLearner:
 
     def step(self, batch: Batch) -> StepResult:
         """One Adam step of the tower and one Adagrad step of the rows the batch names."""
-        users, user_rows, user_of = self._gather(USER_TABLE, batch.users)
-        items, item_rows, item_of = self._gather(ITEM_TABLE, batch.items)
+        user_ids, users, user_rows, user_of = self._gather(USER_TABLE, batch.users)
+        item_ids, items, item_rows, item_of = self._gather(ITEM_TABLE, batch.items)
         labels = torch.from_numpy(batch.labels).to(self.device)
         logits = self.tower(users[user_of], items[item_of])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
@@ -82,15 +82,15 @@ class OnlineLearner:
             self.tables[USER_TABLE].adagrad(user_rows, users.grad, lr)
             self.tables[ITEM_TABLE].adagrad(item_rows, items.grad, lr)
         self.steps += 1
-        touched = {USER_TABLE: np.unique(batch.users), ITEM_TABLE: np.unique(batch.items)}
-        return StepResult(touched, float(loss.detach()))
+        return StepResult({USER_TABLE: user_ids, ITEM_TABLE: item_ids}, float(loss.detach()))
 
-    def _gather(self, table: str, ids: I64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Leaf tensor of the unique ids' rows, their row indices, and each sample's position."""
+    def _gather(self, table: str, ids: I64) -> tuple[I64, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The unique ids (sorted), a leaf tensor of their rows, their row indices, and each
+        sample's position among them."""
         unique, inverse = np.unique(ids, return_inverse=True)
         rows = torch.from_numpy(self.tables[table].rows_of(unique)).to(self.device)
         leaf = self.tables[table].weight[rows].clone().requires_grad_(True)
-        return leaf, rows, torch.from_numpy(inverse.reshape(-1)).to(self.device)
+        return unique, leaf, rows, torch.from_numpy(inverse.reshape(-1)).to(self.device)
 
     @torch.no_grad()
     def logits(self, users: I64, items: I64) -> npt.NDArray[np.float32]:
