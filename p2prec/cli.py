@@ -257,7 +257,12 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     await driver.start()
     stream = None
     if args.synthetic_rate > 0:
-        spec = SyntheticStream(args.synthetic_rate, args.synthetic_rows, steps=args.synthetic_steps)
+        spec = SyntheticStream(
+            args.synthetic_rate,
+            args.synthetic_rows,
+            steps=args.synthetic_steps,
+            validate_every=args.synthetic_validate_every,
+        )
         stream = asyncio.create_task(run_stream(driver, spec))
     try:
         await stop.wait()
