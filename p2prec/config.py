@@ -55,9 +55,12 @@ def _key(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    empty_ok: bool = False,
 ) -> T:
-    """A config key: its default, its doc (rendered by ``config show``) and its numeric range."""
-    return field(default=default, metadata={"doc": doc, "ge": ge, "gt": gt, "le": le})
+    """A config key: its default, its doc (rendered by ``config show``) and its numeric range
+    (``empty_ok``: a string key that may be ``""``)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "empty_ok": empty_ok}
+    return field(default=default, metadata=meta)
 
 
 # --- value checks ----------------------------------------------------------------------------
@@ -121,9 +124,9 @@ def _coerce(key: str, tp: Any, meta: Mapping[str, Any], value: Any) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-        return value
+        if isinstance(value, str) and (value or meta.get("empty_ok")):
+            return value
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
     raise TypeError(f"{key}: unsupported config type {tp!r}")
 
 
@@ -554,6 +557,34 @@ class TrainerConfig(_Section):
             raise ConfigError(f"{self._name('csv_path')}: expected a file path, got ''")
 
 
+@dataclass(frozen=True)
+class HttpConfig(_Section):
+    """The HTTP API of a node or the trainer (aiohttp): queries, status, metrics, admin."""
+
+    SECTION: ClassVar[str] = "http"
+
+    enabled: bool = _key(True, "Serve the HTTP API (false: no HTTP server in this process).")
+    host: str = _key("127.0.0.1", "Address the HTTP server binds to.")
+    port: int = _key(
+        0,
+        "Port of the HTTP server; 0 picks a free one (status.json and /v1/status give the URL).",
+        ge=0,
+        le=65535,
+    )
+    admin_token: str = _key(
+        "",
+        "Bearer token of the /admin/* calls (link faults, pause, rollback...); '' refuses "
+        "every admin call with 401.",
+        empty_ok=True,
+    )
+    ready_lag_ms_max: float = _key(
+        5000.0,
+        "/readyz answers 503 while this node lags the newest state its peers report by more "
+        "than this many milliseconds.",
+        ge=0,
+    )
+
+
 # --- presets ---------------------------------------------------------------------------------
 
 #: Per-section overrides of the dataclass defaults, by preset name. Timing only, as memberlist.
@@ -612,6 +643,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)

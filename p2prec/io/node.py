@@ -101,6 +101,7 @@ class NodeDriver:
         self.disk = NodeDisk(config.node.data_dir)
         self.transport = Transport.from_config(config, self._on_message, self._peer_class)
         self.replica: Replica | None = None
+        self.http_url: str | None = None  # set by the HTTP server (p2prec.serve)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -322,6 +323,7 @@ class NodeDriver:
             "counters": dataclasses.asdict(replica.counters),
             "transport": self.transport.counters.as_dict(),
             "driver": dataclasses.asdict(self.counters),
+            "url": self.http_url,
         }
 
     def write_status(self) -> None:
