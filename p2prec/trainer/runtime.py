@@ -95,6 +95,8 @@ class Trainer:
         self._dense_changed = False
         self._steps_since_dense = 0
         self.last_verdict: Verdict | None = None
+        self._unpaused = asyncio.Event()  # cleared by pause(): run() waits on it
+        self._unpaused.set()
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -102,6 +104,24 @@ class Trainer:
         """Train the next ``steps`` batches with flipped labels on popular items (chaos)."""
         self.poison_switch.arm(steps)
         log.warning("poison_armed", steps=steps, popular_items=self.config.poison_popular_items)
+
+    @property
+    def paused(self) -> bool:
+        return not self._unpaused.is_set()
+
+    def pause(self) -> None:
+        """Stop training and publishing after the current step (``run`` waits), once what is
+        pending is published: the mesh goes quiet at a complete head (admin, checkers)."""
+        if not self.paused:
+            self.publish(force_dense=True)
+            self._unpaused.clear()
+            log.info("trainer_paused", steps=self.counters.steps)
+
+    def unpause(self) -> None:
+        """Continue after ``pause`` (``resume`` is the restart from a checkpoint)."""
+        if self.paused:
+            self._unpaused.set()
+            log.info("trainer_unpaused", steps=self.counters.steps)
 
     def train_step(self) -> bool:
         """One batch: hold out, train, and publish/validate/checkpoint when due. False once the
@@ -156,6 +176,9 @@ class Trainer:
         start, done, samples = loop.time(), 0, 0
         rate = self.config.samples_per_s_max
         while steps == 0 or done < steps:
+            if self.paused:
+                await self._unpaused.wait()
+                start, samples = loop.time(), 0  # the rate bound restarts after a pause
             before = self.counters.samples_trained + self.counters.samples_held_out
             if not self.train_step():
                 break
