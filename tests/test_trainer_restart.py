@@ -12,9 +12,10 @@ import numpy as np
 from test_trainer_support import TrainerProcess, issued, small_config, store_trainer
 
 from p2prec.core.versions import Version
+from p2prec.io.node import store_layout
 from p2prec.model.scoring import ITEM_TABLE, USER_TABLE
 from p2prec.model.store import ParamStore
-from p2prec.trainer.head import Published
+from p2prec.trainer.head import Published, StoreHead
 from p2prec.trainer.runtime import Trainer, build_trainer
 from p2prec.wire.messages import ParamDelta, Rollback
 
@@ -98,3 +99,15 @@ def test_restart_with_undo_at_hand_resumes_from_the_watermark() -> None:
     for _ in range(20):
         restarted.train_step()
     assert_new_lineage(before, head.published[len(before) :])
+
+
+def test_a_checkpoint_without_its_store_keeps_no_unpublished_rows(tmp_path: Path) -> None:
+    config = small_config(tmp_path, **SETTINGS)
+    first = build_trainer(config, StoreHead(ParamStore(store_layout(config)), 2))
+    for _ in range(10):
+        first.train_step()
+    first.checkpoint()
+    second = build_trainer(config, StoreHead(ParamStore(store_layout(config)), 2))
+    assert second.resume() == "fresh"
+    assert second.counters.steps == 10  # the checkpoint's stream position and counters
+    assert all(len(emb) == 0 for emb in second.learner.tables.values())

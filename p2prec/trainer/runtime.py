@@ -297,6 +297,9 @@ class Trainer:
             self.load_state_dict(state)
         store = self.head.store
         if store.vector.total_seq() == 0:
+            if state is not None:  # the store was lost: rows nodes never get would diverge
+                log.warning("trainer_store_empty", checkpoint=str(self.checkpoint_path))
+                self._adopt_store()
             return "fresh"
         reachable = not store.can_roll_back(store.watermark)
         to, where = (store.watermark, "watermark") if reachable else (store.vector, "head")
