@@ -6,14 +6,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from p2prec.cli import main
 from p2prec.config import load_config
+from p2prec.log import reset_logging
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _unconfigured_logging() -> Iterator[None]:
+    yield
+    reset_logging()  # the commands configure logging for the process, on this test's stderr
 
 
 def settings(tmp: Path) -> list[str]:
