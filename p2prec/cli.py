@@ -245,6 +245,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
 async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
     from p2prec.io.synthetic import SyntheticStream, run_stream
+    from p2prec.serve.app import make_node_app
+    from p2prec.serve.server import RunningServer, serve_http
     from p2prec.wire.signing import Signer, Verifier
 
     verifier = Verifier.load(config.keys.trainer_public_key)
@@ -256,6 +258,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await driver.start()
     stream = None
+    server: RunningServer | None = None
     if args.synthetic_rate > 0:
         spec = SyntheticStream(
             args.synthetic_rate,
@@ -265,8 +268,11 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         )
         stream = asyncio.create_task(run_stream(driver, spec))
     try:
+        server = await serve_http(driver, config.http, lambda: make_node_app(driver, config))
         await stop.wait()
     finally:
+        if server is not None:
+            await server.stop()
         if stream is not None:
             stream.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -321,6 +327,8 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
 
 async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
+    from p2prec.serve.server import RunningServer, serve_http
+    from p2prec.serve.trainer_app import make_trainer_app
     from p2prec.trainer.head import DriverHead
     from p2prec.trainer.runtime import Trainer, build_trainer
     from p2prec.wire.signing import Signer, Verifier
@@ -333,11 +341,18 @@ async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await driver.start()
     trainer: Trainer | None = None
+    server: RunningServer | None = None
     try:
         trainer = build_trainer(config, DriverHead(driver), args.device)
         trainer.resume()
+        control = trainer
+        server = await serve_http(
+            driver, config.http, lambda: make_trainer_app(driver, control, config)
+        )
         await _until_done_or_stopped(trainer.run(args.steps), stop)
     finally:
+        if server is not None:
+            await server.stop()
         if trainer is not None:
             trainer.checkpoint()
         await driver.close()
