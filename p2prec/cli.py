@@ -5,6 +5,8 @@
     p2prec config check FILE_OR_PRESET
     p2prec keygen [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--force]
     p2prec trainer [--config FILE_OR_PRESET] [--set KEY=VALUE ...] [--device D] [--steps N]
+    p2prec up [--detach] [--run-dir DIR] ... / p2prec down / p2prec status [--json]
+    p2prec chaos ACTION [--backend compose|local] ...
 
 Errors (bad config, existing keys, I/O) exit with status 2 and one line on stderr.
 """
@@ -224,7 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.set_defaults(handler=_cmd_node)
     _add_trainer_command(sub, options)
+    _add_operations_commands(sub)
     return parser
+
+
+def _add_operations_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`p2prec up/down/status` (the local mesh) and `p2prec chaos` (fault injection)."""
+    from p2prec.chaos.cli import add_chaos_command
+    from p2prec.localmesh.commands import add_localmesh_commands
+
+    add_localmesh_commands(sub)
+    add_chaos_command(sub)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:

@@ -1,0 +1,198 @@
+"""`p2prec up --detach` / `status` / `chaos kill-node` / `down` on a real local mesh, and the
+status JSON computed from a run directory built by hand.
+
+The mesh test starts the supervisor and its ten members as real processes on 127.0.0.1 (random
+ports), polls with deadlines, and checks at the end that every pid it ever saw is gone; its
+cleanup kills leftovers by pid only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from p2prec.cli import main
+from p2prec.core.versions import Version
+from p2prec.localmesh.health import deltas_behind, mesh_health
+from p2prec.localmesh.runfile import pid_alive, read_mesh, write_mesh
+
+UP_DEADLINE_S = 60.0
+RESTART_DEADLINE_S = 20.0
+CONVERGE_DEADLINE_S = 60.0
+COMMAND_TIMEOUT_S = 120.0
+POLL_S = 0.2
+NODE_ENTRY_KEYS = {"id", "dc", "role", "url", "pid", "ready", "epoch", "merkle_root", "lag_ms"}
+SMALL_MESH = ["--set", "store.row_shards=16", "--set", "store.dim=16"]
+
+
+def p2prec(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2prec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def until(condition: Callable[[], bool], what: str, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"timed out after {deadline_s} s waiting for {what}"
+        time.sleep(POLL_S)  # polling a condition with a deadline, not settling
+
+
+class SeenPids:
+    """Every pid of the mesh seen during the test: all must be gone after `down`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.pids: set[int] = set()
+
+    def refresh(self) -> dict[str, Any]:
+        mesh = read_mesh(self.run_dir)
+        self.pids |= {int(m["pid"]) for m in mesh["members"] if m.get("pid")}
+        if mesh.get("supervisor_pid"):
+            self.pids.add(int(mesh["supervisor_pid"]))
+        return mesh
+
+    def kill_leftovers(self) -> None:
+        for pid in self.pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[tuple[Path, SeenPids]]:
+    directory = tmp_path / "run"
+    seen = SeenPids(directory)
+    try:
+        yield directory, seen
+    finally:
+        if (directory / "mesh.json").exists():
+            seen.refresh()
+            p2prec("down", "--run-dir", str(directory), timeout_s=60)
+        seen.kill_leftovers()
+
+
+def _member(mesh: dict[str, Any], member_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(m for m in mesh["members"] if m["id"] == member_id)
+    return found
+
+
+def test_up_kill_restart_converge_down(run_dir: tuple[Path, SeenPids]) -> None:
+    directory, seen = run_dir
+    started = time.monotonic()
+    up = p2prec(
+        "up", "--detach", "--run-dir", str(directory), "--trainer", "synthetic",
+        "--synthetic-rate", "10", "--synthetic-steps", "40", "--restart-delay-s", "0.5",
+        "--ready-deadline-s", str(UP_DEADLINE_S), *SMALL_MESH,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "mesh ready after" in up.stdout
+    print(f"p2prec up --detach: ready after {time.monotonic() - started:.1f} s")
+    mesh = seen.refresh()
+    assert len(mesh["members"]) == 10 and all(pid_alive(m["pid"]) for m in mesh["members"])
+    again = p2prec("up", "--detach", "--run-dir", str(directory))
+    assert again.returncode == 2 and "already running" in again.stderr
+
+    status = p2prec("status", "--json", "--run-dir", str(directory))
+    health = orjson.loads(status.stdout)
+    assert {n["role"] for n in health["nodes"]} == {"trainer", "node"}
+    assert all(set(n) >= NODE_ENTRY_KEYS for n in health["nodes"])
+
+    victim = "dc2-n2"
+    old_pid = _member(mesh, victim)["pid"]
+    chaos = subprocess.run(
+        [sys.executable, "-m", "p2prec.chaos", "kill-node", victim, "--run-dir", str(directory)],
+        capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert chaos.returncode == 0 and f"SIGKILL to {victim}" in chaos.stdout, chaos.stderr
+    assert "undo:" in chaos.stdout
+
+    def restarted() -> bool:
+        member = _member(seen.refresh(), victim)
+        return member["pid"] != old_pid and pid_alive(member["pid"]) and member["restarts"] == 1
+
+    until(restarted, f"{victim} to be restarted", RESTART_DEADLINE_S)
+    until(
+        lambda: bool(mesh_health(seen.refresh())["converged"]),
+        "every root to equal the trainer's",
+        CONVERGE_DEADLINE_S,
+    )
+    text = p2prec("status", "--run-dir", str(directory))
+    assert "all roots agree with the trainer" in text.stdout
+
+    down = p2prec("down", "--run-dir", str(directory))
+    assert down.returncode == 0, down.stderr
+    seen.refresh()
+    assert not [pid for pid in seen.pids if pid_alive(pid)], "processes left behind"
+
+
+# --- status JSON from a hand-made run directory ---------------------------------------------
+
+
+def _packed(seqs: list[int], epoch: int = 1) -> list[int]:
+    return [Version(epoch, s).packed for s in seqs]
+
+
+def _write_status(data_dir: Path, member_id: str, vector: list[int], root: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    status = {"id": member_id, "pid": os.getpid(), "epoch": 1, "merkle_root": root,
+              "vector": vector, "summary": f"e1:{len(vector)}"}  # fmt: skip
+    (data_dir / "status.json").write_bytes(orjson.dumps(status))
+
+
+def _hand_made_mesh(tmp: Path, node_seqs: dict[str, list[int]], trainer_seqs: list[int]) -> Path:
+    members = [{"id": "trainer", "dc": "dc0", "role": "trainer"}]
+    members += [{"id": n, "dc": "dc1", "role": "node"} for n in node_seqs]
+    for member in members:
+        member |= {"pid": os.getpid(), "url": None, "data_dir": str(tmp / member["id"])}
+    write_mesh(tmp, {"members": members, "publish_interval_ms": 100.0})
+    _write_status(tmp / "trainer", "trainer", _packed(trainer_seqs), "aa")
+    for node, seqs in node_seqs.items():
+        root = "aa" if seqs == trainer_seqs else "bb"
+        _write_status(tmp / node, node, _packed(seqs), root)
+    return tmp
+
+
+def test_status_json_converged_when_every_root_equals_the_trainers(tmp_path: Path) -> None:
+    run = _hand_made_mesh(tmp_path, {"n1": [3, 4], "n2": [3, 4]}, [3, 4])
+    health = mesh_health(read_mesh(run))
+    assert health["converged"] and health["ready"]
+    assert all(set(n) >= NODE_ENTRY_KEYS for n in health["nodes"])
+    assert [n["lag_ms"] for n in health["nodes"]] == [0.0, 0.0, 0.0]
+
+
+def test_status_json_lag_and_not_converged_when_a_node_is_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _hand_made_mesh(tmp_path, {"n1": [3, 4], "n2": [1, 4]}, [3, 4])
+    assert main(["status", "--json", "--run-dir", str(run)]) == 0
+    health = orjson.loads(capsys.readouterr().out)
+    assert not health["converged"]
+    lagging = next(n for n in health["nodes"] if n["id"] == "n2")
+    assert lagging["lag_versions"] == 2 and lagging["lag_ms"] == 200.0
+
+
+def test_deltas_behind_counts_an_older_epoch_as_the_heads_seq() -> None:
+    assert deltas_behind(_packed([5, 5]), _packed([5, 7])) == 2
+    assert deltas_behind(_packed([9], epoch=1), _packed([4], epoch=2)) == 4
+    assert deltas_behind(_packed([5]), _packed([3])) == 0
+
+
+def test_status_without_a_mesh_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--run-dir", str(tmp_path)]) == 2
+    assert "no local mesh here" in capsys.readouterr().err
+    assert main(["down", "--run-dir", str(tmp_path)]) == 2
