@@ -153,7 +153,7 @@ def _write_status(data_dir: Path, member_id: str, vector: list[int], root: str) 
 
 
 def _hand_made_mesh(tmp: Path, node_seqs: dict[str, list[int]], trainer_seqs: list[int]) -> Path:
-    members = [{"id": "trainer", "dc": "dc0", "role": "trainer"}]
+    members: list[dict[str, Any]] = [{"id": "trainer", "dc": "dc0", "role": "trainer"}]
     members += [{"id": n, "dc": "dc1", "role": "node"} for n in node_seqs]
     for member in members:
         member |= {"pid": os.getpid(), "url": None, "data_dir": str(tmp / member["id"])}
