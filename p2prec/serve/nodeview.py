@@ -8,6 +8,7 @@ from typing import Any
 from p2prec.core.membership import Membership
 from p2prec.core.replica import Replica
 from p2prec.io.node import NodeDriver
+from p2prec.model import scoring
 from p2prec.serve.lag import Lag
 
 
@@ -17,15 +18,23 @@ class Readiness:
     reason: str  # "" when ready
 
 
-def has_model(replica: Replica | None) -> bool:
-    return replica is not None and replica.store.vector.total_seq() > 0
+def missing_model(replica: Replica) -> str:
+    """Why ``replica`` cannot score yet ('' when it can): no rows, or incomplete dense weights."""
+    if replica.store.vector.total_seq() == 0:
+        return "no model yet (empty version vector)"
+    try:
+        scoring.tower(replica.store)
+    except scoring.ModelUnavailable as exc:
+        return f"no model yet ({exc})"
+    return ""
 
 
 def readiness(driver: NodeDriver, lag: Lag, lag_ms_max: float) -> Readiness:
     if driver.replica is None:
         return Readiness(False, "starting")
-    if not has_model(driver.replica):
-        return Readiness(False, "no model yet (empty version vector)")
+    missing = missing_model(driver.replica)
+    if missing:
+        return Readiness(False, missing)
     if lag.ms > lag_ms_max:
         return Readiness(False, f"lagging by {lag.ms:.0f} ms (> {lag_ms_max:.0f} ms)")
     return Readiness(True, "")
