@@ -17,7 +17,7 @@ from p2prec.model.scoring import ITEM_TABLE, USER_TABLE
 from p2prec.model.store import ParamStore
 from p2prec.trainer.head import Published, StoreHead
 from p2prec.trainer.runtime import Trainer, build_trainer
-from p2prec.wire.messages import ParamDelta, Rollback
+from p2prec.wire.messages import ParamDelta, Rollback, Validated
 
 SETTINGS: dict[str, Any] = {
     "trainer__validate_every_steps": 20,
@@ -71,6 +71,10 @@ def test_restart_from_checkpoint_raises_the_epoch_and_never_reissues(tmp_path: P
             assert resumed.counters.steps == 40  # the checkpoint's counters and stream
             assert second.head.epoch == 2
             assert isinstance(second.head.published[0], Rollback)
+            # The unvalidated tail kept at the head is not announced as validated: only the
+            # validator's judgement may do that.
+            assert not any(isinstance(m, Validated) for m in second.head.published)
+            assert store.watermark != store.vector
             assert_learner_follows_store(resumed, store)
             for _ in range(30):
                 resumed.train_step()

@@ -47,6 +47,12 @@ CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 CHECKPOINT_STEP_SHARDS = 8  # shards snapshotted per step of a checkpoint (one index scan)
 
 
+def rolled_back_to_watermark(store: ParamStore, rollback: Rollback) -> bool:
+    """True when ``rollback`` took the store to its validation watermark (the head is then a
+    validated state, which may be announced as validated again in the new epoch)."""
+    return rollback.to == store.watermark and store.vector == store.watermark
+
+
 def replica_config(config: Config) -> ReplicaConfig:
     mesh = config.mesh
     return ReplicaConfig(
@@ -446,5 +452,8 @@ class NodeDriver:
         self.disk.append(frames)
         self._carry_out(effects)
         self._wake.set()
-        if isinstance(msg, Rollback):  # a validation of the new epoch, at the rollback point
+        if isinstance(msg, Rollback) and rolled_back_to_watermark(replica.store, msg):
+            # Re-announce the (already validated) state in the new epoch: nodes that missed the
+            # old epoch's validation need it to verify the snapshots they may fetch. A rollback
+            # to an unvalidated state (a restart at the head) waits for the validator instead.
             self.publish(replica.validated_head(msg.created_ms))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from p2prec.core.publisher import Publisher
-from p2prec.io.node import NodeDriver
+from p2prec.io.node import NodeDriver, rolled_back_to_watermark
 from p2prec.model.store import ParamStore
 from p2prec.wire.messages import ParamDelta, Rollback, Validated
 
@@ -97,7 +97,7 @@ class StoreHead:
             self._store.rollback(msg.to)
             self._epoch = msg.new_epoch
         self.published.append(msg)
-        if isinstance(msg, Rollback):
+        if isinstance(msg, Rollback) and rolled_back_to_watermark(self._store, msg):
             self.publish(self.validated_head(msg.created_ms))
 
     def validated_head(self, created_ms: int) -> Validated:
