@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from p2prec.chaos.local import LocalBackend
 from p2prec.cli import main
 from p2prec.core.versions import Version
 from p2prec.localmesh.health import deltas_behind, mesh_health
@@ -31,7 +32,11 @@ CONVERGE_DEADLINE_S = 60.0
 COMMAND_TIMEOUT_S = 120.0
 POLL_S = 0.2
 NODE_ENTRY_KEYS = {"id", "dc", "role", "url", "pid", "ready", "epoch", "merkle_root", "lag_ms"}
-SMALL_MESH = ["--set", "store.row_shards=16", "--set", "store.dim=16"]
+SMALL_MESH = [
+    *("--set", "store.row_shards=16", "--set", "store.dim=16"),
+    *("--set", "trainer.hidden_units=8", "--set", "trainer.batch_samples=64"),
+    *("--set", "trainer.samples_per_s_max=1000"),
+]
 
 
 def p2prec(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -90,11 +95,12 @@ def _member(mesh: dict[str, Any], member_id: str) -> dict[str, Any]:
 
 
 def test_up_kill_restart_converge_down(run_dir: tuple[Path, SeenPids]) -> None:
+    pytest.importorskip("torch", reason="the mesh's trainer is `p2prec trainer` (torch)")
     directory, seen = run_dir
     started = time.monotonic()
     up = p2prec(
-        "up", "--detach", "--run-dir", str(directory), "--trainer", "synthetic",
-        "--synthetic-rate", "10", "--synthetic-steps", "40", "--restart-delay-s", "0.5",
+        "up", "--detach", "--run-dir", str(directory), "--trainer", "torch",
+        "--restart-delay-s", "0.5",
         "--ready-deadline-s", str(UP_DEADLINE_S), *SMALL_MESH,
     )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
@@ -124,6 +130,8 @@ def test_up_kill_restart_converge_down(run_dir: tuple[Path, SeenPids]) -> None:
         return member["pid"] != old_pid and pid_alive(member["pid"]) and member["restarts"] == 1
 
     until(restarted, f"{victim} to be restarted", RESTART_DEADLINE_S)
+    backend = LocalBackend(directory)
+    assert "-> 200" in backend.quiesce(True)  # the trainer pauses: a quiet head to compare
     until(
         lambda: bool(mesh_health(seen.refresh())["converged"]),
         "every root to equal the trainer's",
@@ -131,6 +139,16 @@ def test_up_kill_restart_converge_down(run_dir: tuple[Path, SeenPids]) -> None:
     )
     text = p2prec("status", "--run-dir", str(directory))
     assert "all roots agree with the trainer" in text.stdout
+    assert "-> 200" in backend.quiesce(False)
+
+    chaos_run = subprocess.run(
+        [sys.executable, "-m", "p2prec.chaos", "run", "--duration-s", "5", "--seed", "8",
+         "--converge-deadline-s", str(CONVERGE_DEADLINE_S), "--run-dir", str(directory)],
+        capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert chaos_run.returncode == 0, chaos_run.stdout + chaos_run.stderr
+    assert "seed 8" in chaos_run.stdout and "converged" in chaos_run.stdout
+    seen.refresh()  # the schedule's kill-node restarted a member: its new pid must go too
 
     down = p2prec("down", "--run-dir", str(directory))
     assert down.returncode == 0, down.stderr

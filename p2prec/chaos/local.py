@@ -20,7 +20,7 @@ from p2prec.chaos.actions import ChaosError, Member, Outcome, positive_int, requ
 from p2prec.localmesh.health import mesh_health
 from p2prec.localmesh.runfile import find_member, is_p2prec_process, read_mesh
 
-HTTP_TIMEOUT_S = 2.0
+HTTP_TIMEOUT_S = 10.0  # pause publishes what is pending first: slow on a loaded host
 HTTP_ACTIONS = ("partition-dc", "delay-wan", "poison-trainer")
 
 
