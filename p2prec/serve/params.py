@@ -12,8 +12,10 @@ Consistency = Literal["latest", "validated"]
 CONSISTENCIES: tuple[Consistency, ...] = ("latest", "validated")
 K_DEFAULT = 10
 K_MAX = 1000  # most items one recommendation returns
+K_DIGITS_MAX = 24  # longer k texts are refused before int() parses them
 SCORE_ITEMS_MAX = 10_000  # most items one score request may list
 ID_MIN, ID_MAX = -(1 << 63), (1 << 63) - 1  # ids are int64
+ID_TEXT_MAX = 40  # characters of an id given as text (an int64 needs at most 20)
 BODY_BYTES_MAX = 1 << 20  # largest JSON body of a query
 
 
@@ -30,6 +32,8 @@ def parse_id(param: str, value: Any) -> int:
     if isinstance(value, bool):
         raise BadParam(param, f"{param}: expected an integer id, got {value!r}")
     if isinstance(value, str):
+        if len(value) > ID_TEXT_MAX:
+            raise BadParam(param, f"{param}: expected an integer id, got {len(value)} characters")
         try:
             value = int(value.strip(), 10)
         except ValueError:
@@ -49,12 +53,16 @@ def required(query: Mapping[str, Any], param: str) -> Any:
 
 def parse_k(value: Any) -> int:
     """How many items to return: 1..K_MAX."""
+    wrong = BadParam("k", f"k: expected an integer in 1..{K_MAX}, got {value!r:.40}")
     text = str(value).strip()
-    if not text.lstrip("-").isdigit():
-        raise BadParam("k", f"k: expected an integer in 1..{K_MAX}, got {value!r}")
-    k = int(text)
+    if len(text) > K_DIGITS_MAX or not text.isascii():
+        raise wrong
+    try:
+        k = int(text, 10)
+    except ValueError:
+        raise wrong from None
     if not 1 <= k <= K_MAX:
-        raise BadParam("k", f"k: expected an integer in 1..{K_MAX}, got {k}")
+        raise wrong
     return k
 
 

@@ -1,0 +1,66 @@
+"""Parameter parsing of the HTTP API: every refusal names its parameter; no input raises
+anything but ``BadParam``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2prec.serve.params import (
+    K_MAX,
+    BadParam,
+    parse_consistency,
+    parse_id,
+    parse_items,
+    parse_json_object,
+    parse_k,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("7", 7), (" -3 ", -3), (12, 12), (str((1 << 63) - 1), (1 << 63) - 1)]
+)
+def test_ids_parse_from_text_and_json_integers(value: Any, expected: int) -> None:
+    assert parse_id("user", value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "x", "1.5", "9" * 5000, str(1 << 63), 1.5, True, None, []])
+def test_bad_ids_name_the_parameter(value: Any) -> None:
+    with pytest.raises(BadParam) as caught:
+        parse_id("user", value)
+    assert caught.value.param == "user"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(K_MAX + 1), "9" * 5000, "ten", ""])
+def test_bad_k_is_refused(value: str) -> None:
+    with pytest.raises(BadParam) as caught:
+        parse_k(value)
+    assert caught.value.param == "k"
+
+
+def test_good_values() -> None:
+    assert parse_k("1") == 1 and parse_k(str(K_MAX)) == K_MAX
+    assert parse_consistency("validated") == "validated"
+    assert parse_items([1, "2"]) == [1, 2]
+    assert parse_json_object(b'{"a": 1}') == {"a": 1}
+
+
+@given(st.text(max_size=50))
+def test_any_text_is_parsed_or_refused_with_bad_param(text: str) -> None:
+    for parse in (lambda t: parse_id("user", t), parse_k, parse_consistency):
+        with contextlib.suppress(BadParam):
+            parse(text)
+
+
+@given(st.binary(max_size=200))
+def test_any_body_is_parsed_or_refused_with_bad_param(body: bytes) -> None:
+    params = []
+    try:
+        parse_json_object(body)
+    except BadParam as exc:
+        params.append(exc.param)
+    assert params in ([], ["body"])
