@@ -214,3 +214,31 @@ def test_status_without_a_mesh_is_one_line_error(
     assert main(["status", "--run-dir", str(tmp_path)]) == 2
     assert "no local mesh here" in capsys.readouterr().err
     assert main(["down", "--run-dir", str(tmp_path)]) == 2
+
+
+def test_foreground_up_stops_every_member_on_ctrl_c(tmp_path: Path) -> None:
+    """`p2prec up` in a terminal: SIGINT (Ctrl-C) to the supervisor stops all it started."""
+    directory = tmp_path / "run"
+    command = [sys.executable, "-m", "p2prec.cli", "up", "--run-dir", str(directory)]
+    command += ["--trainer", "synthetic", "--nodes-per-dc", "1", *SMALL_MESH]
+    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = SeenPids(directory)
+    try:
+
+        def all_started() -> bool:
+            if not (directory / "mesh.json").exists():
+                return False
+            mesh = seen.refresh()
+            return len(mesh["members"]) == 4 and all(pid_alive(m["pid"]) for m in mesh["members"])
+
+        until(all_started, "the supervisor to start its members", UP_DEADLINE_S)
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=COMMAND_TIMEOUT_S)
+        assert up.returncode == 0, output
+        assert output.rstrip().endswith("stopped")
+        assert not [pid for pid in seen.pids if pid_alive(pid)], "processes left behind"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(timeout=10)
+        seen.kill_leftovers()

@@ -161,6 +161,7 @@ class TerminalView:
         self.ready_after_s: float | None = None
         self.drawn_lines = 0
         self.tty = sys.stdout.isatty()
+        self.next_plain_s = 0.0
 
     def __call__(self, health: dict[str, Any]) -> None:
         elapsed_s = time.monotonic() - self.started_s
@@ -168,6 +169,7 @@ class TerminalView:
             self.ready_after_s = elapsed_s
             print(f"mesh ready after {elapsed_s:.1f} s (Ctrl-C stops it)", flush=True)
             self.drawn_lines = 0
+            self.next_plain_s = 0.0
         if self.ready_after_s is None:
             lines = [progress_line(health, elapsed_s)]
         else:
@@ -175,10 +177,12 @@ class TerminalView:
         self._draw(lines)
 
     def _draw(self, lines: list[str]) -> None:
+        now = time.monotonic()
         if self.tty and self.drawn_lines:
             sys.stdout.write(f"\x1b[{self.drawn_lines}F\x1b[J")
-        elif not self.tty and self.ready_after_s is not None and self.drawn_lines:
-            return  # not a terminal: print the live view once, not twice a second
+        elif not self.tty and now < self.next_plain_s:
+            return  # not a terminal: a new block every few seconds, not twice a second
+        self.next_plain_s = now + PROGRESS_PRINT_S * (1 if self.ready_after_s is None else 15)
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
         self.drawn_lines = len(lines)
