@@ -172,3 +172,11 @@ def test_runner_reports_no_convergence_at_the_deadline() -> None:
     report = run_schedule(backend, [], 5.0, lambda _line: None, clock, clock.sleep)
     assert not report.converged and report.converge_s is None
     assert clock.now_s == pytest.approx(5.0)
+
+
+def test_every_action_has_an_executable_wrapper_in_chaos() -> None:
+    chaos_dir = Path(__file__).resolve().parent.parent / "chaos"
+    for action in (*ACTIONS, "run"):
+        wrapper = chaos_dir / action
+        assert wrapper.is_file() and wrapper.stat().st_mode & 0o111, action
+        assert f'-m p2prec.chaos {action} "$@"' in wrapper.read_text()
