@@ -4,6 +4,8 @@ anything but ``BadParam``."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -64,3 +66,18 @@ def test_any_body_is_parsed_or_refused_with_bad_param(body: bytes) -> None:
     except BadParam as exc:
         params.append(exc.param)
     assert params in ([], ["body"])
+
+
+def test_the_serving_package_never_imports_torch() -> None:
+    """Nodes serve with numpy only: importing every module of p2prec.serve (in a fresh
+    interpreter) loads no torch."""
+    code = (
+        "import importlib, pkgutil, sys, p2prec.serve as s\n"
+        "for m in pkgutil.walk_packages(s.__path__, 'p2prec.serve.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -41,8 +41,6 @@ from p2prec.serve.params import (
     required,
 )
 from p2prec.serve.responses import error_response, json_response
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class NodeApi:
