@@ -242,3 +242,29 @@ def test_foreground_up_stops_every_member_on_ctrl_c(tmp_path: Path) -> None:
             up.kill()
             up.wait(timeout=10)
         seen.kill_leftovers()
+
+
+def test_supervisor_restarts_an_exited_member_and_backs_off_a_crash_loop(tmp_path: Path) -> None:
+    from p2prec.localmesh.plan import MemberSpec
+    from p2prec.localmesh.supervisor import Supervisor
+
+    crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    spec = MemberSpec("dc1-n1", "dc1", "node", 1, 0, str(tmp_path / "state"), crash)
+    supervisor = Supervisor(tmp_path, [spec], {"run_dir": str(tmp_path)}, restart_delay_s=1.0)
+    member = supervisor.members[0]
+    try:
+        supervisor.start_all(now_s=0.0)
+        first_pid = member.pid
+        assert member.proc is not None and member.proc.wait(timeout=30) == 3
+        supervisor.tick(now_s=0.5)  # exited 0.5 s after its start: a crash loop, wait 2 s
+        assert member.delay_s == 2.0
+        supervisor.tick(now_s=2.0)
+        assert member.restarts == 0 and member.pid == first_pid
+        supervisor.tick(now_s=2.5)
+        assert member.restarts == 1 and member.pid != first_pid
+        assert read_mesh(tmp_path)["members"][0]["pid"] == member.pid
+        assert member.proc is not None and member.proc.wait(timeout=30) == 3
+        supervisor.tick(now_s=20.0)  # it ran 17.5 s this time: back to the configured delay
+        assert member.delay_s == 1.0
+    finally:
+        supervisor.stop_all(wait_s=5.0)

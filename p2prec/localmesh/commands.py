@@ -138,7 +138,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if args.supervise:
             _log_to(run_dir)
-            control.supervise(run_dir, args.restart_delay_s, lambda _health: None)
+            control.supervise(run_dir, args.restart_delay_s, None)
             return EXIT_OK
         plan = control.prepare(_plan_options(args))
         print(f"{len(plan['members'])} members ({plan['trainer']} trainer) in {run_dir}")

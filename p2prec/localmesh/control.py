@@ -32,6 +32,7 @@ from p2prec.localmesh.plan import (
 from p2prec.localmesh.runfile import (
     RunDirError,
     is_p2prec_process,
+    member_pids,
     mesh_path,
     pid_alive,
     read_mesh,
@@ -77,6 +78,11 @@ def refuse_if_running(run_dir: Path) -> None:
     except RunDirError:
         return
     pid = mesh.get("supervisor_pid")
+    orphans = [p for p in member_pids(mesh) if is_p2prec_process(p)]
+    if orphans and not is_p2prec_process(pid):
+        raise RunDirError(
+            f"{run_dir}: members of an earlier mesh still run (pids {orphans}); `p2prec down` first"
+        )
     if is_p2prec_process(pid):
         raise RunDirError(
             f"{run_dir}: a mesh is already running (supervisor pid {pid}); `p2prec down` first"
@@ -124,22 +130,22 @@ class _StopFlag:
 
 
 def supervise(
-    run_dir: Path, restart_delay_s: float, show: Callable[[dict[str, Any]], None]
+    run_dir: Path, restart_delay_s: float, show: Callable[[dict[str, Any]], None] | None
 ) -> None:
-    """Run the mesh of ``plan.json`` until SIGINT or SIGTERM; ``show`` gets the health a few
-    times per second."""
+    """Run the mesh of ``plan.json`` until SIGINT or SIGTERM; ``show`` (if any) gets the
+    health a few times per second."""
     plan = orjson.loads((run_dir / PLAN_FILE).read_bytes())
     meta = {k: v for k, v in plan.items() if k != "members"}
     supervisor = Supervisor(run_dir, _specs(plan), meta, restart_delay_s)
     stop = _StopFlag()
     previous = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        supervisor.start_all()
+        supervisor.start_all(time.monotonic())
         next_view = 0.0
         while not stop.set:
             now = time.monotonic()
             supervisor.tick(now)
-            if now >= next_view:
+            if show is not None and now >= next_view:
                 show(mesh_health(read_mesh(run_dir)))
                 next_view = now + VIEW_INTERVAL_S
             time.sleep(TICK_S)

@@ -24,6 +24,8 @@ from p2prec.log import get_logger
 log = get_logger(__name__)
 
 STOP_WAIT_S = 10.0  # SIGTERM, then SIGKILL of the members still alive after this
+EARLY_EXIT_S = 10.0  # an exit this soon after the start counts as a crash loop: back off
+RESTART_DELAY_MAX_S = 30.0
 
 
 @dataclasses.dataclass
@@ -34,6 +36,8 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     exited_at_s: float | None = None  # monotonic time of the exit seen, until the restart
     restarts: int = 0
+    started_at_s: float = 0.0  # monotonic time of the last start
+    delay_s: float = 0.0  # wait before the next restart (grows in a crash loop)
     log_file: IO[bytes] | None = None
 
     @property
@@ -52,9 +56,10 @@ class Supervisor:
         self.meta = meta  # written into mesh.json next to the members
         self.restart_delay_s = restart_delay_s
 
-    def start_all(self) -> None:
+    def start_all(self, now_s: float) -> None:
         for member in self.members:
             self._spawn(member)
+            member.started_at_s = now_s
         self.write_mesh()
 
     def _spawn(self, member: Member) -> None:
@@ -83,17 +88,26 @@ class Supervisor:
                 continue
             code = member.proc.poll()
             if code is not None and member.exited_at_s is None:
-                member.exited_at_s = now_s
-                log.warning("member_exited", member=member.spec.id, code=code)
-            if (
-                member.exited_at_s is not None
-                and now_s - member.exited_at_s >= self.restart_delay_s
-            ):
+                self._note_exit(member, code, now_s)
+            if member.exited_at_s is not None and now_s - member.exited_at_s >= member.delay_s:
                 member.restarts += 1
                 self._spawn(member)
+                member.started_at_s = now_s
                 changed = True
         if changed:
             self.write_mesh()
+
+    def _note_exit(self, member: Member, code: int, now_s: float) -> None:
+        """A member that dies soon after its start waits twice as long before the next start
+        (a crash loop backs off up to RESTART_DELAY_MAX_S); one that ran a while restarts after
+        the configured delay."""
+        member.exited_at_s = now_s
+        crashed_early = now_s - member.started_at_s < EARLY_EXIT_S
+        doubled = max(member.delay_s, self.restart_delay_s, 0.1) * 2
+        member.delay_s = (
+            min(doubled, RESTART_DELAY_MAX_S) if crashed_early else self.restart_delay_s
+        )
+        log.warning("member_exited", member=member.spec.id, code=code, restart_in_s=member.delay_s)
 
     def write_mesh(self) -> None:
         members = [{**m.spec.to_json(), "pid": m.pid, "restarts": m.restarts} for m in self.members]
