@@ -27,6 +27,7 @@ from p2prec.model.scoring import ModelUnavailable
 from p2prec.serve import queries
 from p2prec.serve.admin import LinkFaults
 from p2prec.serve.auth import admin_only
+from p2prec.serve.cache import ModelViews
 from p2prec.serve.lag import LAG_SAMPLE_INTERVAL_S, Lag, LagTracker
 from p2prec.serve.metrics import DriverCollector, UpdateLatencyFeed, http_histogram
 from p2prec.serve.middleware import error_middleware, latency_middleware
@@ -55,6 +56,7 @@ class NodeApi:
         self.updates = UpdateLatencyFeed(driver, self.registry)
         self.registry.register(DriverCollector(driver, self.lag, lambda: self.readiness().ready))
         self.faults = LinkFaults(driver)
+        self.views = ModelViews()
 
     def lag(self) -> Lag:
         return self.lag_tracker.observe(self.driver.replica)
@@ -103,7 +105,9 @@ class NodeApi:
         user = parse_id("user", required(query, "user"))
         k = parse_k(query.get("k", K_DEFAULT))
         consistency = parse_consistency(query.get("consistency", "latest"))
-        return self._answer(lambda replica: queries.recommend(replica, user, k, consistency))
+        return self._answer(
+            lambda replica: queries.recommend(replica, self.views, user, k, consistency)
+        )
 
     async def score(self, request: web.Request) -> web.Response:
         body = parse_json_object(await request.read())

@@ -16,6 +16,7 @@ import numpy as np
 from p2prec.core.replica import Replica
 from p2prec.model import scoring
 from p2prec.model.store import ParamStore
+from p2prec.serve.cache import ModelViews, rank
 from p2prec.serve.params import Consistency
 
 
@@ -30,31 +31,22 @@ def model_state(replica: Replica, consistency: Consistency) -> dict[str, Any]:
     }
 
 
-def cold_start(store: ParamStore, k: int, validated: bool) -> scoring.Ranking:
-    """The ``k`` items ranked best for a new user (zero embedding)."""
-    model = scoring.tower(store, validated)
-    keys, rows = scoring.item_matrix(store, validated)
-    if keys.size == 0:
-        return scoring.Ranking(keys, np.zeros(0, np.float32), False)
-    fresh_user = model.user_vectors(np.zeros((1, store.layout.dim), np.float32))[0]
-    logits = (rows @ fresh_user + np.float32(model.bias)).astype(np.float32)
-    order = np.lexsort((keys, -logits))[:k]
-    return scoring.Ranking(keys[order], logits[order], False)
-
-
-def recommend(replica: Replica, user: int, k: int, consistency: Consistency) -> dict[str, Any]:
+def recommend(
+    replica: Replica, views: ModelViews, user: int, k: int, consistency: Consistency
+) -> dict[str, Any]:
     validated = consistency == "validated"
     store = replica.store
-    ranking = scoring.top_k(store, user, k, validated)
-    if not ranking.user_found:
-        ranking = cold_start(store, k, validated)
+    view = views.view(store, validated)
+    row = store.lookup(scoring.USER_TABLE, np.array([user], np.int64), validated=validated)
+    found = bool(row.found[0])
+    ranking = rank(view, row.rows, k)  # an unknown user's row is zeros: a brand-new user
     return {
         "user": user,
         "items": [
             {"item": int(item), "score": float(score)}
             for item, score in zip(ranking.items, ranking.logits, strict=True)
         ],
-        "cold_start": not ranking.user_found,
+        "cold_start": not found,
         "model": model_state(replica, consistency),
     }
 
