@@ -51,6 +51,12 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="KEY=VALUE",
         help="override one key on every member (repeatable)",
     )
+    _add_up_mesh_options(up)
+    up.set_defaults(handler=cmd_up)
+
+
+def _add_up_mesh_options(up: argparse.ArgumentParser) -> None:
+    """The shape of the mesh, its trainer and its restart policy."""
     up.add_argument("--dcs", type=int, default=3, help="datacenters (default 3)")
     up.add_argument("--nodes-per-dc", type=int, default=3, help="nodes per datacenter (default 3)")
     up.add_argument(
@@ -87,7 +93,6 @@ def _add_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"--detach: give up waiting for readiness after this (default {READY_DEADLINE_S:.0f})",
     )
     up.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
-    up.set_defaults(handler=cmd_up)
 
 
 class UsageError(Exception):
@@ -133,6 +138,7 @@ def _plan_options(args: argparse.Namespace) -> Any:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from p2prec.localmesh import control
+    from p2prec.localmesh.view import TerminalView
 
     run_dir = args.run_dir.resolve()
     try:
@@ -144,7 +150,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{len(plan['members'])} members ({plan['trainer']} trainer) in {run_dir}")
         if not args.detach:
             _log_to(run_dir)
-            control.supervise(run_dir, args.restart_delay_s, control.TerminalView())
+            control.supervise(run_dir, args.restart_delay_s, TerminalView())
             print("stopped")
             return EXIT_OK
         pid = control.start_detached(run_dir, args.restart_delay_s)

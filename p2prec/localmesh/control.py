@@ -38,12 +38,11 @@ from p2prec.localmesh.runfile import (
     read_mesh,
 )
 from p2prec.localmesh.supervisor import Supervisor
-from p2prec.localmesh.view import live_lines, progress_line, status_lines
+from p2prec.localmesh.view import PROGRESS_PRINT_S, progress_line, status_lines
 
 PLAN_FILE = "plan.json"
 TICK_S = 0.1  # how often the supervisor looks for exited members
 VIEW_INTERVAL_S = 0.5  # live view refresh (at most twice a second)
-PROGRESS_PRINT_S = 2.0  # detached start: one progress line this often
 DOWN_SUPERVISOR_WAIT_S = 20.0  # the supervisor's own stop waits up to 10 s per member set
 DOWN_KILL_WAIT_S = 5.0
 
@@ -157,41 +156,6 @@ def supervise(
         supervisor.write_mesh()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-class TerminalView:
-    """Progress lines until the mesh is ready, then a compact view redrawn in place."""
-
-    def __init__(self) -> None:
-        self.started_s = time.monotonic()
-        self.ready_after_s: float | None = None
-        self.drawn_lines = 0
-        self.tty = sys.stdout.isatty()
-        self.next_plain_s = 0.0
-
-    def __call__(self, health: dict[str, Any]) -> None:
-        elapsed_s = time.monotonic() - self.started_s
-        if self.ready_after_s is None and health["ready"]:
-            self.ready_after_s = elapsed_s
-            print(f"mesh ready after {elapsed_s:.1f} s (Ctrl-C stops it)", flush=True)
-            self.drawn_lines = 0
-            self.next_plain_s = 0.0
-        if self.ready_after_s is None:
-            lines = [progress_line(health, elapsed_s)]
-        else:
-            lines = live_lines(health)
-        self._draw(lines)
-
-    def _draw(self, lines: list[str]) -> None:
-        now = time.monotonic()
-        if self.tty and self.drawn_lines:
-            sys.stdout.write(f"\x1b[{self.drawn_lines}F\x1b[J")
-        elif not self.tty and now < self.next_plain_s:
-            return  # not a terminal: a new block every few seconds, not twice a second
-        self.next_plain_s = now + PROGRESS_PRINT_S * (1 if self.ready_after_s is None else 15)
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
-        self.drawn_lines = len(lines)
 
 
 # --- detached start ----------------------------------------------------------------------------

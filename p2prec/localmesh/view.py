@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
+
+PROGRESS_PRINT_S = 2.0  # without a terminal: one progress block this often
 
 
 def _cell(value: Any, width: int) -> str:
@@ -65,3 +69,38 @@ def live_lines(health: dict[str, Any]) -> list[str]:
         lines.append(f"{dc}: " + " | ".join(cells))
     lines.append(verdict_line(health))
     return lines
+
+
+class TerminalView:
+    """Progress lines until the mesh is ready, then a compact view redrawn in place."""
+
+    def __init__(self) -> None:
+        self.started_s = time.monotonic()
+        self.ready_after_s: float | None = None
+        self.drawn_lines = 0
+        self.tty = sys.stdout.isatty()
+        self.next_plain_s = 0.0
+
+    def __call__(self, health: dict[str, Any]) -> None:
+        elapsed_s = time.monotonic() - self.started_s
+        if self.ready_after_s is None and health["ready"]:
+            self.ready_after_s = elapsed_s
+            print(f"mesh ready after {elapsed_s:.1f} s (Ctrl-C stops it)", flush=True)
+            self.drawn_lines = 0
+            self.next_plain_s = 0.0
+        if self.ready_after_s is None:
+            lines = [progress_line(health, elapsed_s)]
+        else:
+            lines = live_lines(health)
+        self._draw(lines)
+
+    def _draw(self, lines: list[str]) -> None:
+        now = time.monotonic()
+        if self.tty and self.drawn_lines:
+            sys.stdout.write(f"\x1b[{self.drawn_lines}F\x1b[J")
+        elif not self.tty and now < self.next_plain_s:
+            return  # not a terminal: a new block every few seconds, not twice a second
+        self.next_plain_s = now + PROGRESS_PRINT_S * (1 if self.ready_after_s is None else 15)
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        self.drawn_lines = len(lines)
