@@ -41,7 +41,10 @@ def status_lines(health: dict[str, Any]) -> list[str]:
 def verdict_line(health: dict[str, Any]) -> str:
     nodes = health["nodes"]
     ready = sum(1 for n in nodes if n["ready"])
+    behind = [n["lag_versions"] for n in nodes if n["role"] == "node" and n["lag_versions"]]
     roots = "all roots agree with the trainer" if health["converged"] else "roots differ"
+    if behind and not health["converged"]:
+        roots += f" (up to {max(behind)} deltas behind the trainer)"
     return f"{ready}/{len(nodes)} ready; {roots}"
 
 
