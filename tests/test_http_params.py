@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2prec.config import ConfigError, load_config
 from p2prec.serve.params import (
     K_MAX,
     BadParam,
@@ -81,3 +82,26 @@ def test_the_serving_package_never_imports_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("http.port", 70000),
+        ("http.host", ""),
+        ("http.ready_lag_ms_max", -1),
+        ("http.enabled", "yes"),
+        ("http.admin_token", 5),
+        ("http.nope", 1),
+    ],
+)
+def test_http_config_errors_name_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        load_config("local", {key: value})
+
+
+def test_http_config_defaults_and_an_empty_token() -> None:
+    http = load_config("local").http
+    assert (http.enabled, http.host, http.port, http.admin_token) == (True, "127.0.0.1", 0, "")
+    assert http.ready_lag_ms_max == 5000
+    assert load_config("local", {"http.admin_token": "t"}).http.admin_token == "t"
