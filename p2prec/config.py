@@ -340,6 +340,12 @@ class MeshConfig(_Section):
         "public key in keys.curve_dir).",
     )
     bind_host: str = _key("127.0.0.1", "Address the mesh socket binds to.")
+    advertise_host: str = _key(
+        "",
+        "Host peers reach this node at (its name on their network); empty: bind_host. "
+        "Required when bind_host is a wildcard such as 0.0.0.0 (containers).",
+        empty_ok=True,
+    )
     port: int = _key(0, "Port the mesh socket binds to; 0 picks a free one.", ge=0, le=65535)
     anti_entropy_interval_s: float = _key(
         5.0, "Seconds between Merkle-root comparisons with a random peer (repairs drops).", gt=0

@@ -8,6 +8,7 @@ config loader. `docker compose config -q` runs only where the client has the com
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -25,13 +26,13 @@ from p2prec.chaos.compose import (
 )
 from p2prec.cli import _parse_sets, build_parser, main
 from p2prec.config import load_config
+from p2prec.io.curve import generate_node_keys
+from p2prec.io.transport import Envelope, Transport
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = {m.id: m for m in default_members()}
 TOKEN = "test-token"
 INTERPOLATION = re.compile(r"\$\{P2PREC_ADMIN_TOKEN:-[^}]*\}")
-# Keys the compose file needs that this build's config does not have yet (see the xfail below).
-PENDING_KEYS = {"mesh.advertise_host"}
 
 
 def load_compose() -> dict[str, Any]:
@@ -126,7 +127,6 @@ def test_commands_parse_and_their_settings_are_real_config_keys(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(ROOT)  # the image's working directory holds conf/ like the repo root
-    known_mesh_keys = set(load_config("local").to_dict()["mesh"])
     for name, service in mesh_services().items():
         command = service["command"]
         assert command[0] == ("trainer" if MEMBERS[name].role == "trainer" else "node")
@@ -134,20 +134,31 @@ def test_commands_parse_and_their_settings_are_real_config_keys(
         assert overrides["node.id"] == name and overrides["node.dc"] == MEMBERS[name].dc
         assert overrides["http.admin_token"] == TOKEN
         assert overrides["mesh.advertise_host"] == name
-        for key in PENDING_KEYS:
-            if key.partition(".")[2] not in known_mesh_keys:
-                overrides.pop(key)
         config = load_config(command[command.index("--config") + 1], overrides)
         assert config.node.id == name
 
 
-@pytest.mark.xfail(
-    reason="containers bind 0.0.0.0 on two networks and must advertise their service name: "
-    "needs a mesh.advertise_host config key passed to Transport (mesh core)",
-    strict=False,
-)
-def test_config_has_the_advertise_host_the_compose_mesh_needs() -> None:
-    assert "advertise_host" in load_config("local").to_dict()["mesh"]
+def test_a_member_advertises_its_service_name(tmp_path: Path) -> None:
+    """Containers bind 0.0.0.0 on two networks; peers must reach them by service name."""
+    generate_node_keys(tmp_path, "dc1-n1")
+    settings = {"node.id": "dc1-n1", "keys.curve_dir": str(tmp_path)}
+    wildcard = load_config("local", {**settings, "mesh.bind_host": "0.0.0.0"})
+    with pytest.raises(ValueError, match="advertise_host"):
+        Transport.from_config(wildcard, _ignore)
+    named = load_config("local", {**settings, "mesh.advertise_host": "dc1-n1"})
+
+    async def bound_address() -> str:
+        transport = Transport.from_config(named, _ignore)
+        try:
+            return await transport.start()  # binds 127.0.0.1 (the preset), advertises the name
+        finally:
+            await transport.close()
+
+    assert asyncio.run(bound_address()).startswith("dc1-n1:")
+
+
+def _ignore(_envelope: Envelope, _frames: list[Any]) -> None:
+    return None
 
 
 def test_config_check_service_checks_a_shipped_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -211,6 +211,7 @@ class Transport:
             config.keys.curve_dir,
             on_message,
             bind_host=config.mesh.bind_host,
+            advertise_host=config.mesh.advertise_host or None,
             port=config.mesh.port,
             queue_max=config.mesh.queue_max,
             limits=config.wire_limits(),
