@@ -54,6 +54,7 @@ async def node_with_model(mesh: HttpMesh, session: aiohttp.ClientSession, steps:
     for _ in range(steps):
         mesh.publish_model_step(created_ms=int(time.time() * 1000))
     await until(mesh.converged, "the model on a1")
+    await until_http(lambda: is_ready(client), "a1 ready")
     return client
 
 

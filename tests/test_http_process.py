@@ -148,7 +148,7 @@ def test_real_processes_serve_the_http_api(processes: Processes) -> None:
     trainer, node = start_mesh(processes)
     until(lambda: call(node + "/readyz")[0] == 200, "the node ready")
     status, answer = call(node + "/v1/recommend?user=3&k=5")
-    assert status == 200 and 1 <= len(answer["items"]) <= 5
+    assert status == 200 and 1 <= len(answer["items"]) <= 5, answer
     assert answer["model"]["epoch"] >= 1 and answer["model"]["consistency"] == "latest"
     items = [i["item"] for i in answer["items"]]
     status, answer = call(node + "/v1/score", "POST", {"user": 3, "items": items})

@@ -4,6 +4,9 @@ In versions: per shard, how many steps the freshest same-epoch peer digest is ah
 node's vector, summed (a peer on a newer epoch counts as at least one version ahead). In
 milliseconds: how long the node has been behind without interruption, sampled by the app's
 ticker (``LAG_SAMPLE_INTERVAL_S``) and on every read; 0 while nothing known is missing.
+``caught_up``: the node has, at least once since it started, heard a peer's digest and held
+everything in it; until then a joining or restarted node is still catching up (readiness
+waits for it: a young lag in ms would otherwise hide a node that lacks most of the model).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Lag:
     versions: int  # versions known to exist (at some peer) that this node lacks
     ms: float  # how long it has been behind without interruption
     peers_heard: int  # peers whose digest this node holds (0: lag unknown)
+    caught_up: bool = True  # has held everything some peer reported, at least once
 
 
 def peer_views(replica: Replica) -> Iterable[PeerView]:
@@ -59,6 +63,7 @@ class LagTracker:
     def __init__(self, clock_s: Callable[[], float] = time.monotonic) -> None:
         self.clock_s = clock_s
         self._behind_since_s: float | None = None
+        self._caught_up = False
 
     def observe(self, replica: Replica | None) -> Lag:
         if replica is None or replica.node_id == replica.config.publisher_id:
@@ -68,7 +73,9 @@ class LagTracker:
         now = self.clock_s()
         if behind == 0:
             self._behind_since_s = None
+            self._caught_up = self._caught_up or bool(views)
         elif self._behind_since_s is None:
             self._behind_since_s = now
         since = self._behind_since_s
-        return Lag(behind, 0.0 if since is None else (now - since) * 1000.0, len(views))
+        lag_ms = 0.0 if since is None else (now - since) * 1000.0
+        return Lag(behind, lag_ms, len(views), self._caught_up)

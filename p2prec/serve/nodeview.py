@@ -35,6 +35,8 @@ def readiness(driver: NodeDriver, lag: Lag, lag_ms_max: float) -> Readiness:
     missing = missing_model(driver.replica)
     if missing:
         return Readiness(False, missing)
+    if not lag.caught_up:
+        return Readiness(False, "catching up (not yet level with any peer's digest)")
     if lag.ms > lag_ms_max:
         return Readiness(False, f"lagging by {lag.ms:.0f} ms (> {lag_ms_max:.0f} ms)")
     return Readiness(True, "")
@@ -94,7 +96,12 @@ def node_status(driver: NodeDriver, lag: Lag, ready: Readiness) -> dict[str, Any
         "total_versions": store.vector.total_seq(),
         "watermark": store.watermark.to_list(),
         "watermark_summary": store.watermark.summary(),
-        "lag": {"versions": lag.versions, "ms": round(lag.ms, 1), "peers_heard": lag.peers_heard},
+        "lag": {
+            "versions": lag.versions,
+            "ms": round(lag.ms, 1),
+            "peers_heard": lag.peers_heard,
+            "caught_up": lag.caught_up,
+        },
         "lag_versions": lag.versions,
         "lag_ms": round(lag.ms, 1),
         "peers": peers(replica),
