@@ -120,6 +120,10 @@ class Replica:
 
     # -- driver interface ----------------------------------------------------------------------
 
+    def peer_views(self) -> list[PeerView]:
+        """The newest anti-entropy digest heard from each live peer (for lag figures)."""
+        return list(self._views.values())
+
     def handle(self, event: Incoming, now: float) -> list[Effect]:
         msg = event.msg
         if isinstance(msg, ParamDelta):

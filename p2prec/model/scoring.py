@@ -110,7 +110,7 @@ def score_items(
 
 def item_matrix(source: ParamStore, validated: bool = False) -> tuple[I64, F32]:
     """Every item the read sees, with its embedding row (one row per key, keys sorted)."""
-    keys = np.sort(source.tables[ITEM_TABLE].live_slots()[0])
+    keys = source.keys(ITEM_TABLE)
     found = source.lookup(ITEM_TABLE, keys, validated=validated)
     return keys[found.found], found.rows[found.found].astype(np.float32, copy=False)
 

@@ -329,6 +329,12 @@ class ParamStore:
         versions[found] = tab.slot_version[slots[found]]
         return Lookup(rows, found, versions)
 
+    def keys(self, table: str) -> I64:
+        """Every key of ``table`` that holds a row now, sorted (a validated read of a key may
+        still find none: its first row may lie above the watermark)."""
+        keys, _slots = self.tables[table].live_slots()
+        return np.sort(keys)
+
     def dense_tensors(self, validated: bool = False) -> dict[str, npt.NDArray[np.floating]]:
         """Dense tensors (read-only), as of the watermark when ``validated``."""
         at = int(self._watermark[self.layout.dense_shard]) if validated else None

@@ -32,13 +32,6 @@ class Lag:
     caught_up: bool = True  # has held everything some peer reported, at least once
 
 
-def peer_views(replica: Replica) -> Iterable[PeerView]:
-    """The newest digest heard from each peer. Replica keeps them private (``_views``); a
-    public accessor there would be cleaner."""
-    views: dict[str, PeerView] = getattr(replica, "_views", {})
-    return list(views.values())
-
-
 def versions_behind(replica: Replica, views: Iterable[PeerView]) -> int:
     """Summed per-shard steps by which the freshest peer digest is ahead of this node."""
     mine = replica.store.vector.packed
@@ -68,7 +61,7 @@ class LagTracker:
     def observe(self, replica: Replica | None) -> Lag:
         if replica is None or replica.node_id == replica.config.publisher_id:
             return Lag(0, 0.0, 0)
-        views = list(peer_views(replica))
+        views = replica.peer_views()
         behind = versions_behind(replica, views)
         now = self.clock_s()
         if behind == 0:
