@@ -12,9 +12,7 @@ DELETE /admin/link-fault clear every link fault
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +40,7 @@ from p2prec.serve.params import (
     required,
 )
 from p2prec.serve.responses import error_response, json_response
+from p2prec.serve.ticker import ticker
 
 
 class NodeApi:
@@ -64,20 +63,10 @@ class NodeApi:
     def readiness(self) -> Readiness:
         return readiness(self.driver, self.lag(), self.http.ready_lag_ms_max)
 
-    async def ticker(self, _app: web.Application) -> AsyncIterator[None]:
+    def sample(self) -> None:
         """Samples the lag and feeds the update histogram between requests."""
-
-        async def tick() -> None:
-            while True:
-                self.lag()
-                self.updates.drain()
-                await asyncio.sleep(LAG_SAMPLE_INTERVAL_S)
-
-        task = asyncio.create_task(tick(), name="p2prec-http-ticker")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self.lag()
+        self.updates.drain()
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -132,7 +121,7 @@ class NodeApi:
 def make_node_app(driver: NodeDriver, config: Config) -> web.Application:
     api = NodeApi(driver, config)
     app = web.Application(middlewares=[latency_middleware(api.http_latency), error_middleware()])
-    app.cleanup_ctx.append(api.ticker)
+    app.cleanup_ctx.append(ticker(api.sample, LAG_SAMPLE_INTERVAL_S, "p2prec-http-ticker"))
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/v1/recommend", api.recommend)

@@ -14,10 +14,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -35,6 +33,7 @@ from p2prec.serve.metrics import DriverCollector, http_histogram
 from p2prec.serve.middleware import error_middleware, latency_middleware
 from p2prec.serve.params import parse_json_object, parse_nonnegative_int, required
 from p2prec.serve.responses import error_response, json_response
+from p2prec.serve.ticker import ticker
 
 log = get_logger("p2prec.serve")
 RATE_WINDOW_S = 1.0  # samples/s is measured over this window
@@ -103,17 +102,9 @@ class TrainerApi:
         self.registry.register(DriverCollector(driver, lambda: Lag(0, 0.0, 0), lambda: True))
         self.registry.register(TrainerCollector(trainer, self.rate))
 
-    async def ticker(self, _app: web.Application) -> AsyncIterator[None]:
-        async def tick() -> None:
-            while True:
-                self.rate.observe(samples_seen(self.trainer), time.monotonic())
-                await asyncio.sleep(RATE_WINDOW_S / 4)
-
-        task = asyncio.create_task(tick(), name="p2prec-trainer-http-ticker")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    def sample(self) -> None:
+        """Feeds the samples/s window between requests."""
+        self.rate.observe(samples_seen(self.trainer), time.monotonic())
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return json_response({"ok": True})
@@ -190,7 +181,7 @@ def make_trainer_app(
 ) -> web.Application:
     api = TrainerApi(driver, trainer, config)
     app = web.Application(middlewares=[latency_middleware(api.http_latency), error_middleware()])
-    app.cleanup_ctx.append(api.ticker)
+    app.cleanup_ctx.append(ticker(api.sample, RATE_WINDOW_S / 4, "p2prec-trainer-http-ticker"))
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.healthz)
     app.router.add_get("/v1/status", api.status)
