@@ -4,9 +4,10 @@ In versions: per shard, how many steps the freshest same-epoch peer digest is ah
 node's vector, summed (a peer on a newer epoch counts as at least one version ahead). In
 milliseconds: how long the node has been behind without interruption, sampled by the app's
 ticker (``LAG_SAMPLE_INTERVAL_S``) and on every read; 0 while nothing known is missing.
-``caught_up``: the node has, at least once since it started, heard a peer's digest and held
-everything in it; until then a joining or restarted node is still catching up (readiness
-waits for it: a young lag in ms would otherwise hide a node that lacks most of the model).
+``caught_up``: the node has, at least once since it started, heard the trainer's digest (the
+publisher's) and held everything any peer reported; until then a joining or restarted node is
+still catching up (readiness waits for it: a young lag in ms would otherwise hide a node that
+lacks most of the model, and peers that started as empty as it prove nothing).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class LagTracker:
         now = self.clock_s()
         if behind == 0:
             self._behind_since_s = None
-            self._caught_up = self._caught_up or bool(views)
+            publisher = replica.config.publisher_id
+            heard_publisher = any(v.digest.sender == publisher for v in views)
+            self._caught_up = self._caught_up or heard_publisher
         elif self._behind_since_s is None:
             self._behind_since_s = now
         since = self._behind_since_s
