@@ -357,6 +357,11 @@ class Replica:
         peers = list(self._members.values())
         if not peers:
             return []
+        publisher = self._members.get(self.config.publisher_id)
+        if publisher is not None and publisher.node_id not in self._views:
+            # Until it has heard the trainer once, a node asks the trainer itself (its reply
+            # says how far behind the node is: peers that joined as empty prove nothing).
+            return [Send(publisher.addr, digest_of(self.node_id, self.store, self.fencing.epoch))]
         local = [m for m in peers if m.dc == self.dc and m.node_id != self.config.publisher_id]
         remote = [m for m in peers if m.dc != self.dc or m.node_id == self.config.publisher_id]
         wan = not local or (remote and self.rng.random() < self.config.wan_sync_share)
