@@ -119,10 +119,17 @@ class SendCount:
 
 
 class Bench:
-    def __init__(self, tmp: Path, rows: int, key_space: int) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        rows: int,
+        key_space: int,
+        nodes_per_dc: int = NODES_PER_DC,
+        signer: Signer | None = None,
+    ) -> None:
         self.tmp, self.rows, self.key_space = tmp, rows, key_space
-        self.signer = Signer.generate()
-        self.names = [f"{dc}-n{i}" for dc in DCS for i in range(1, NODES_PER_DC + 1)]
+        self.signer = signer if signer is not None else Signer.generate()
+        self.names = [f"{dc}-n{i}" for dc in DCS for i in range(1, nodes_per_dc + 1)]
         for name in ("trainer", *self.names):
             generate_node_keys(tmp / "curve", name)
         self.rng = np.random.default_rng(0)
@@ -229,14 +236,21 @@ class Bench:
             self.publisher.fencing.epoch,
         )
 
-    async def stream(self, steps: int, rate: float, star: bool) -> list[ParamDelta]:
+    async def stream(
+        self, steps: int, rate: float, star: bool, deltas: Sequence[ParamDelta] | None = None
+    ) -> list[ParamDelta]:
+        """Publish ``steps`` deltas at ``rate``: the next of ``deltas`` when given (a stream built
+        beforehand from the same initial state, so that every system gets the same deltas),
+        else fresh random rows on the publisher's head."""
         assert self.trainer is not None
+        if deltas is not None and len(deltas) < steps:
+            raise ValueError(f"{steps} steps but only {len(deltas)} deltas")
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), []
         addrs = [d.transport.addr for d in self.nodes.values()]
         for step in range(steps):
             await asyncio.sleep(max(0.0, start + step / rate - loop.time()))
-            delta = self.next_delta()
+            delta = self.next_delta() if deltas is None else deltas[step]
             t0 = loop.time()
             self.tracker.add(delta, t0)
             if star:
@@ -269,12 +283,21 @@ class ModeResult:
     deltas: int
 
 
-async def run_mode(bench: Bench, mode: str, steps: int, rate: float) -> ModeResult:
+async def run_mode(
+    bench: Bench,
+    mode: str,
+    steps: int,
+    rate: float,
+    deltas: Sequence[ParamDelta] | None = None,
+    star: bool | None = None,
+) -> ModeResult:
+    """Stream ``steps`` deltas (see ``Bench.stream``) as p2prec or, when ``star`` (default:
+    ``mode == "star"``), as a star; wait until every node holds every one of them."""
     bench.tracker = Tracker()
     counter = bench.tree_sends
     counter.active, counter.copies, counter.wan, counter.from_trainer = True, 0, 0, 0
-    star = mode == "star"
-    await bench.stream(steps, rate, star)
+    star = mode == "star" if star is None else star
+    await bench.stream(steps, rate, star, deltas)
     await until(lambda: bench.tracker.done(bench.names), f"{mode}: every delta on every node")
     counter.active = False
     lat = bench.tracker.latencies_ms(bench.names)
@@ -325,17 +348,22 @@ async def run_catch_up(bench: Bench, rate: float) -> CatchUp:
     return CatchUp(victim, steps, rows_held, int(lacked), bytes_in, seconds)
 
 
+async def start_mesh(bench: Bench) -> float:
+    """Start the trainer and the nodes, wait until every member knows every other; seconds."""
+    t = time.perf_counter()
+    await bench.start()
+    await until(bench.members_known, "membership")
+    await asyncio.sleep(0.5)  # every view the same: trees agree
+    return time.perf_counter() - t
+
+
 async def bench_main(args: argparse.Namespace) -> None:
     seconds = 3.0 if args.quick else args.seconds
     steps = max(1, round(seconds * args.rate))
     with tempfile.TemporaryDirectory(prefix="p2prec-mesh-bench-") as tmp:
         bench = Bench(Path(tmp), args.rows, args.key_space)
         try:
-            t = time.perf_counter()
-            await bench.start()
-            await until(bench.members_known, "membership")
-            await asyncio.sleep(0.5)  # every view the same: trees agree
-            setup_s = time.perf_counter() - t
+            setup_s = await start_mesh(bench)
             # a short warm-up opens every CURVE link before measuring
             await run_mode(bench, "warm-up", max(1, int(args.rate)), args.rate)
             results = []
