@@ -38,8 +38,11 @@ def node_cmd(
     initial_rows: int,
     role: str = "node",
     dim: int = 64,
+    row_shards: int = 64,
 ) -> list[str]:
     tuning = [
+        "--set",
+        f"store.row_shards={row_shards}",
         "--set",
         f"store.initial_rows={initial_rows}",
         "--set",
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="deltas per second")
     parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument(
+        "--row-shards", type=int, default=64, help="store.row_shards (shards a delta can step)"
+    )
     parser.add_argument(
         "--warmup-s",
         type=float,
@@ -118,12 +124,22 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         for node_id, dc in nodes:
             procs.append(
                 subprocess.Popen(
-                    node_cmd(tmp, node_id, dc, free_port(), seed, rows), stderr=subprocess.DEVNULL
+                    node_cmd(tmp, node_id, dc, free_port(), seed, rows, row_shards=args.row_shards),
+                    stderr=subprocess.DEVNULL,
                 )
             )
         wait_for("nodes up", lambda: all(status(tmp, n) for n, _ in nodes), 60)
         cpu_at_start = {n: cpu_seconds(proc.pid) for (n, _), proc in zip(nodes, procs, strict=True)}
-        trainer = node_cmd(tmp, "trainer", "dct", trainer_port, seed, rows, role="trainer")
+        trainer = node_cmd(
+            tmp,
+            "trainer",
+            "dct",
+            trainer_port,
+            seed,
+            rows,
+            role="trainer",
+            row_shards=args.row_shards,
+        )
         trainer += [
             "--synthetic-rate",
             str(args.rate),
