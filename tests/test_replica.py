@@ -866,3 +866,21 @@ def test_validate_catches_a_broken_bound() -> None:
     node._gap.update({i: (shard_chain(1, 1)[0], None) for i in range(3)})
     with pytest.raises(AssertionError, match="gap buffer"):
         node.validate()
+
+
+def test_nodes_that_never_hear_the_trainer_still_repair_from_their_datacenter() -> None:
+    """A node asks the trainer first until it has heard it, but not only the trainer: with the
+    trainer's digests lost both ways, two nodes of one datacenter still converge."""
+
+    def trainer_digests(src: str, send: Send) -> bool:  # True: drop it
+        return isinstance(send.msg, SyncDigest) and PUBLISHER_ADDR in (src, send.addr)
+
+    mesh = Mesh({"dc0": 2}, ReplicaConfig(fanout=2, shard_groups=1))
+    mesh.drop = trainer_digests
+    mesh.join()
+    holder, lacking = mesh.node("dc0.0"), mesh.node("dc0.1")
+    for delta in lineage(5).deltas:
+        mesh.give(holder, delta)
+    assert lacking.store.root != holder.store.root
+    assert mesh.run_until(mesh.now + 30.0, lambda: lacking.store.root == holder.store.root)
+    assert all(PUBLISHER_ID not in {v.digest.sender for v in r.peer_views()} for r in mesh.replicas)

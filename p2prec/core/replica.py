@@ -57,6 +57,10 @@ class MembershipLike(Protocol):
     def handles(self, msg: Any) -> bool: ...
 
 
+# Share of anti-entropy rounds a node that has not yet heard the trainer spends asking it.
+TRAINER_FIRST_SHARE = 0.75
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """Tuning of the replication protocol (the io layer builds it from config.MeshConfig)."""
@@ -358,9 +362,11 @@ class Replica:
         if not peers:
             return []
         publisher = self._members.get(self.config.publisher_id)
-        if publisher is not None and publisher.node_id not in self._views:
-            # Until it has heard the trainer once, a node asks the trainer itself (its reply
-            # says how far behind the node is: peers that joined as empty prove nothing).
+        unheard = publisher is not None and publisher.node_id not in self._views
+        if publisher is not None and unheard and self.rng.random() < TRAINER_FIRST_SHARE:
+            # Until it has heard the trainer once, a node asks the trainer itself on most
+            # rounds (its reply says how far behind the node is: peers that joined as empty
+            # prove nothing), and its own datacenter on the others (the trainer may be cut off).
             return [Send(publisher.addr, digest_of(self.node_id, self.store, self.fencing.epoch))]
         local = [m for m in peers if m.dc == self.dc and m.node_id != self.config.publisher_id]
         remote = [m for m in peers if m.dc != self.dc or m.node_id == self.config.publisher_id]
