@@ -260,9 +260,8 @@ class NodeDriver:
         """A checkpoint that keeps the loop responsive: start a new log segment, then write the
         changed shards a few at a time (snapshots built on the loop, written in a worker
         thread), and drop the old segments only once every shard changed before them is on
-        disk. Snapshots
-        taken later than the rotation hold more, never less; replaying the newer segment over
-        them is idempotent (rows keep the newest version)."""
+        disk. Snapshots taken later than the rotation hold more, never less; replaying the newer
+        segment over them is idempotent (rows keep the newest version)."""
         changed, baseline = self._changed_shards()
         covered = self.disk.rotate()
         store = self._replica.store
