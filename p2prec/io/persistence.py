@@ -61,6 +61,7 @@ class NodeDisk:
             self._log = self._open_segment(self._segment)
         record = _record(frames)
         self._log.write(record)
+        self._log.flush()  # to the OS now: a SIGKILL must not take back what was applied
         self.bytes_logged += len(record)
 
     def flush(self) -> None:
