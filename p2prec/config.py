@@ -384,6 +384,13 @@ class MeshConfig(_Section):
     checkpoint_interval_s: float = _key(
         10.0, "Seconds between checkpoints of changed shards to node.data_dir.", gt=0
     )
+    checkpoint_log_ratio: float = _key(
+        1.0,
+        "A due checkpoint waits until the log written since the last one holds this many "
+        "times the store's bytes (as Redis rewrites its AOF), so checkpoint work stays "
+        "proportional to what was written; 0: every interval.",
+        ge=0,
+    )
 
     def check(self) -> None:
         if self.probe_timeout_s >= self.probe_interval_s:
@@ -556,6 +563,12 @@ class TrainerConfig(_Section):
         "Items the poison switch treats as popular (the most frequent in recent samples); "
         "their labels are flipped while poisoned.",
         ge=1,
+    )
+    publish_journal: bool = _key(
+        False,
+        "Append one JSON line per published delta, validation and rollback to "
+        "<node.data_dir>/published.jsonl, flushed per line (the reliability suite's record "
+        "of what was published; it grows without bound: tests and audits only).",
     )
 
     def check(self) -> None:

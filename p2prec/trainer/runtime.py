@@ -29,6 +29,7 @@ from p2prec.trainer.checkpoint import load_checkpoint, save_checkpoint
 from p2prec.trainer.csvlog import CsvLogStream
 from p2prec.trainer.extract import TouchedRows, build_deltas
 from p2prec.trainer.head import Head
+from p2prec.trainer.journal import JOURNAL_FILE, JournalHead
 from p2prec.trainer.learner import LearnerSpec, OnlineLearner, resolve_device
 from p2prec.trainer.poison import Poison
 from p2prec.trainer.stream import StreamSpec, SyntheticStream
@@ -345,4 +346,6 @@ def build_trainer(
     )
     learner = OnlineLearner(spec, resolve_device(device or tc.device))
     path = Path(config.node.data_dir) / CHECKPOINT_FILE if checkpoint else None
+    if tc.publish_journal:  # the record of every published message (p2prec.proof)
+        head = JournalHead(head, Path(config.node.data_dir) / JOURNAL_FILE)
     return Trainer(tc, head, make_source(config.trainer), learner, path)
