@@ -884,3 +884,25 @@ def test_nodes_that_never_hear_the_trainer_still_repair_from_their_datacenter() 
     assert lacking.store.root != holder.store.root
     assert mesh.run_until(mesh.now + 30.0, lambda: lacking.store.root == holder.store.root)
     assert all(PUBLISHER_ID not in {v.digest.sender for v in r.peer_views()} for r in mesh.replicas)
+
+
+def test_digest_of_another_shard_count_is_rejected_and_ticks_go_on() -> None:
+    """A digest whose vector has another length than the store (a lying allow-listed peer,
+    found by the rogue peer of the reliability suite) is counted and dropped: kept as a view,
+    it made the next pull of a lagging shard index past its end and raise from ``tick``."""
+    config = ReplicaConfig(fanout=2, shard_groups=1, repair_grace_s=0.5, request_timeout_s=0.1)
+    mesh = Mesh({"dc0": 2, "dc1": 1}, config).join()
+    lagging, local, remote = mesh.node("dc0.0"), mesh.node("dc0.1"), mesh.node("dc1.0")
+    for delta in lineage(3).deltas:
+        mesh.give(local, delta)
+    t0 = mesh.now
+    lagging.handle(Incoming(local.addr, _digest(local), None, Route.MESH), t0)
+    for n in (1, N_SHARDS + 3):
+        short = VersionVector.zeros(n)
+        lie = SyncDigest(remote.node_id, 1, bytes(16), short, np.zeros(n, np.uint64), short, True)
+        effects = lagging.handle(Incoming("rogue@0", lie, None, Route.MESH), t0)
+        assert notes(effects, "digest_rejected") and not sends(effects)
+    assert lagging.counters.rejected == 2
+    assert remote.node_id not in {v.digest.sender for v in lagging.peer_views()}
+    pulls = sends(lagging.tick(t0 + 0.6), SyncRequest)
+    assert [p.addr for p in pulls] == [local.addr]

@@ -82,7 +82,8 @@ class ReplicaConfig:
 class Counters:
     applied: int = 0  # deltas applied from the tree
     repaired: int = 0  # deltas and snapshots applied by catch-up
-    rejected: int = 0  # deltas refused as invalid (or snapshots failing verification)
+    rejected: int = 0  # deltas refused as invalid (or snapshots failing verification, digests
+    # of another shard count)
     fenced: int = 0  # deltas of a fenced epoch refused
     duplicates: int = 0  # deltas already held
     gap_dropped: int = 0  # buffered deltas dropped at the bound (repaired later)
@@ -379,6 +380,11 @@ class Replica:
         member = self._members.get(digest.sender)
         if member is None:
             return []
+        if len(digest.vector) != self.store.layout.n_shards:
+            # Kept as a peer view, a vector of another length failed every later pull (an
+            # index past its end): one lying allow-listed peer stopped the node's ticks.
+            self.counters.rejected += 1
+            return [Note("digest_rejected", {"shards": len(digest.vector), "addr": addr})]
         self._views[digest.sender] = PeerView(digest, member.dc, now)
         effects: list[Effect] = []
         if digest.epoch > self.fencing.epoch or (
