@@ -94,3 +94,67 @@ def test_sigkill_nodes_and_sigstop_an_interior_relay(scenario: Factory) -> None:
     mesh.act("resume-node", relay)
     wait_stream(mesh, len(mesh.record().deltas) + 10)
     finish(mesh)
+
+
+def outside_nodes(mesh: MeshScenario, dc: str) -> tuple[list[str], list[str]]:
+    """(the nodes of ``dc``, the nodes of the other datacenters)."""
+    nodes = mesh.members()
+    return [m["id"] for m in nodes if m["dc"] == dc], [m["id"] for m in nodes if m["dc"] != dc]
+
+
+def partition(mesh: MeshScenario, dc: str, states: set[str]) -> None:
+    """Partition ``dc`` until the other datacenters see each of its nodes in ``states``."""
+    inside, outside = outside_nodes(mesh, dc)
+    mesh.act("partition-dc", dc)
+    watcher = outside[:1]  # one node of another datacenter, asked over HTTP
+
+    def cut_off() -> bool:
+        return all(mesh.seen_as(node, states, watcher) for node in inside)
+
+    took_s = mesh.wait(cut_off, f"{dc} seen {'/'.join(sorted(states))}", FAULT_DEADLINE_S)
+    mesh.note(f"{dc}'s nodes {'/'.join(sorted(states))} to {watcher[0]} after {took_s:.1f} s")
+
+
+def test_a_datacenter_partitioned_past_the_dead_node_timeout(scenario: Factory) -> None:
+    mesh = scenario("partition-dc", 2)
+    wait_stream(mesh, 20)
+    dc = mesh.rng.choice(sorted({m["dc"] for m in mesh.members()}))
+    partition(mesh, dc, {"dead"})
+    wait_stream(mesh, len(mesh.record().deltas) + 20)  # the stream goes on without dc
+    finish(mesh)
+
+
+def test_the_trainer_killed_and_restarted_from_its_checkpoint(scenario: Factory) -> None:
+    mesh = scenario("trainer-restart", 3)
+    checkpoint = mesh.journal().parent / "trainer.pt"
+    mesh.wait(checkpoint.exists, "trainer checkpoint", STREAM_DEADLINE_S)
+    wait_stream(mesh, len(mesh.record().deltas) + mesh.rng.randint(5, 40))
+    mesh.act("kill-node", mesh.trainer()["id"])
+    epochs = len(mesh.record().rollbacks)
+    took_s = mesh.wait(
+        lambda: len(mesh.record().rollbacks) > epochs, "restart in a new epoch", FAULT_DEADLINE_S
+    )
+    mesh.note(f"trainer restarted into a new epoch after {took_s:.1f} s")
+    wait_stream(mesh, len(mesh.record().deltas) + 20)
+    report = finish(mesh)
+    assert report.rollbacks >= 1
+
+
+def test_a_poisoned_burst_rolled_back_while_a_datacenter_is_partitioned(
+    scenario: Factory,
+) -> None:
+    mesh = scenario("poison-partitioned", 4)
+    wait_stream(mesh, 20)
+    dc = mesh.rng.choice(sorted({m["dc"] for m in mesh.members()}))
+    partition(mesh, dc, {"suspect", "dead"})
+    mesh.act("poison-trainer", "40")
+    mesh.wait(lambda: bool(mesh.record().rollbacks), "rollback by the validator", 30.0)
+    mesh.note(mesh.backend.quiesce(True))  # the head stays at (about) the rollback's state
+    rollback = mesh.record().rollbacks[0]
+    inside, _ = outside_nodes(mesh, dc)
+    behind = [s for s in mesh.observer.round() if s.member in inside]
+    assert behind and all(s.epoch < rollback.new_epoch for s in behind), (
+        f"{dc} saw the rollback through the partition: {behind}"
+    )
+    report = finish(mesh)
+    assert report.rollbacks >= 1
