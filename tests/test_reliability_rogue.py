@@ -27,7 +27,17 @@ from typing import Any
 import orjson
 import pytest
 
-from p2prec.proof.rogue import Capture, Member, Outcome, Rogue, attack, describe, load_run_dir
+from p2prec.proof.rogue import (
+    STATUS_STALE_S,
+    Capture,
+    Member,
+    Outcome,
+    Rogue,
+    attack,
+    describe,
+    load_run_dir,
+    still_ticking,
+)
 from p2prec.proof.rogue import settle as settle_outcome
 from p2prec.proof.scenario import MeshScenario
 
@@ -111,6 +121,7 @@ async def hostile_phase(run_dir: Path, targets: list[str], seed: int) -> list[Ou
             )  # fmt: skip
         for outcome in outcomes:
             await settle_outcome(outcome, run.members[outcome.target], STEP_DEADLINE_S)
+        await still_ticking(outcomes, run.members)
         return outcomes
     finally:
         await rogue.close()
@@ -168,6 +179,7 @@ def check_outcome(outcome: Outcome) -> None:
         f"{outcome.target}: not refused where due: {outcome.shortfall()}"
     )
     assert outcome.rise()["internal_errors"] == outcome.rise()["callback_errors"] == 0
+    assert outcome.status_age_s <= STATUS_STALE_S, f"{outcome.target}: its owner task stopped"
 
 
 def exceptions_logged(run_dir: Path) -> list[str]:

@@ -69,6 +69,7 @@ SEND_TIMEOUT_MS = 2000
 POLL_S = 0.05
 QUIET_S = 0.5  # an answer is complete after this long without a new message
 REPLAY_MAX = 64  # genuine messages replayed per target and round
+STATUS_STALE_S = 2.0  # status.json older than this: the member's owner task is not running
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ class Member:
     role: str
     addr: str  # host:port of its mesh ROUTER
     data_dir: Path  # where its status.json is (the local mesh's; unused for remote targets)
+
+    def status_age_s(self) -> float:
+        """Seconds since the member last wrote status.json (its owner task does, every 0.2 s:
+        a node whose task died keeps its process and HTTP API but stops writing)."""
+        try:
+            return time.time() - (self.data_dir / "status.json").stat().st_mtime
+        except OSError:
+            return float("inf")
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -407,6 +416,7 @@ class Outcome:
     before: dict[str, int]
     after: dict[str, int] = field(default_factory=dict)
     captured: int = 0
+    status_age_s: float = 0.0  # at the end of ``settle``: a stale status means a stuck node
 
     def rise(self) -> dict[str, int]:
         return {k: self.after.get(k, v) - v for k, v in self.before.items()}
@@ -454,7 +464,18 @@ async def settle(outcome: Outcome, target: Member, timeout_s: float) -> bool:
         outcome.after = _counters(target)
         return not outcome.shortfall()
 
-    return await _until(counted, timeout_s)
+    done = await _until(counted, timeout_s)
+    outcome.status_age_s = target.status_age_s()
+    return done
+
+
+async def still_ticking(outcomes: Sequence[Outcome], members: dict[str, Member]) -> bool:
+    """After ``STATUS_STALE_S`` more, whether every target still writes its status (records
+    each one's age): a node whose owner task died keeps its pid, so only this shows it."""
+    await asyncio.sleep(STATUS_STALE_S)
+    for outcome in outcomes:
+        outcome.status_age_s = members[outcome.target].status_age_s()
+    return all(o.status_age_s <= STATUS_STALE_S for o in outcomes)
 
 
 def _counters(member: Member) -> dict[str, int]:
@@ -472,9 +493,11 @@ def describe(outcome: Outcome) -> str:
     )
     rise = ", ".join(f"{k} +{v}" for k, v in outcome.rise().items() if v)
     zap = "refused" if outcome.zap_refused else "NOT refused"
+    ticking = "ticking" if outcome.status_age_s <= STATUS_STALE_S else "STUCK (stale status)"
     return (
         f"{outcome.target}: sent {outcome.tally.total()} ({layers}); captured "
-        f"{outcome.captured} genuine deltas; counters {rise or 'unchanged'}; unknown key {zap}"
+        f"{outcome.captured} genuine deltas; counters {rise or 'unchanged'}; unknown key {zap}; "
+        f"{ticking}"
     )
 
 
@@ -485,21 +508,20 @@ async def _main(args: argparse.Namespace) -> int:
     targets = args.target or [m.node_id for m in nodes if m.node_id != identity][:2]
     rogue = Rogue.of_run(mesh, identity)
     await rogue.start()
-    failed = False
+    outcomes = []
     try:
         for i, name in enumerate(targets):
-            target = mesh.members[name]
             outcome = await attack(
-                rogue,
-                target,
-                victim=nodes[0].node_id,
-                count=args.count,
-                seed=args.seed + i,
-                timeout_s=args.timeout_s,
-            )
-            await settle(outcome, target, args.timeout_s)
+                rogue, mesh.members[name], victim=nodes[0].node_id, count=args.count,
+                seed=args.seed + i, timeout_s=args.timeout_s,
+            )  # fmt: skip
+            outcomes.append(outcome)
+        for outcome in outcomes:
+            await settle(outcome, mesh.members[outcome.target], args.timeout_s)
+        ticking = await still_ticking(outcomes, mesh.members)
+        for outcome in outcomes:
             print(describe(outcome))
-            failed = failed or bool(outcome.shortfall()) or not outcome.zap_refused
+        failed = not ticking or any(o.shortfall() or not o.zap_refused for o in outcomes)
     finally:
         await rogue.close()
     return 1 if failed else 0

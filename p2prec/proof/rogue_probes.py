@@ -344,11 +344,13 @@ def lying_digests(env: Envelopes, vector: Sequence[int], epoch: int) -> list[Pro
     n = len(vector)
     ahead = VersionVector(np.asarray(vector, np.int64) + 1000)
     probes = []
-    for lie, layer in (
-        (VersionVector.zeros(1), Layer.REPLICA),
-        (VersionVector.zeros(n + 3), Layer.REPLICA),
+    # The lie ahead first: refused lies must not replace it (kept, the short one broke pulls).
+    lies = [
         (ahead, Layer.HARMLESS),
-    ):
+        (VersionVector.zeros(n + 3), Layer.REPLICA),
+        (VersionVector.zeros(1), Layer.REPLICA),
+    ]
+    for lie, layer in lies:
         frames = _digest(env, len(lie), lie, epoch)
         probes.append(_probe("digest.lie", env.of("mesh"), frames, layer))
     return probes
