@@ -104,8 +104,9 @@ def admin(mesh: MeshScenario, member: dict[str, Any], path: str) -> dict[str, An
 # -- the rogue's phases (each in its own event loop) ------------------------------------------
 
 
-async def hostile_phase(run_dir: Path, targets: list[str], seed: int) -> list[Outcome]:
-    """Every probe against each target, then wait until each counted what it must."""
+async def hostile_phase(run_dir: Path, targets: list[str], seed: int, evict: str) -> list[Outcome]:
+    """Every probe against each target (membership lies about ``evict`` to the last one, so
+    that it is still out during the rollback), then wait until each counted what it must."""
     run = load_run_dir(run_dir)
     rogue = Rogue.of_run(run, STOLEN)
     await rogue.start()
@@ -113,10 +114,11 @@ async def hostile_phase(run_dir: Path, targets: list[str], seed: int) -> list[Ou
         outcomes = []
         for i, name in enumerate(targets):
             target, victim = run.members[name], "dc1-n1" if name != "dc1-n1" else "dc1-n2"
+            lies_about = run.members[evict] if i == len(targets) - 1 else None
             outcomes.append(
                 await attack(
                     rogue, target, victim=victim, count=GARBAGE_PER_TARGET, seed=seed + i,
-                    timeout_s=STEP_DEADLINE_S,
+                    timeout_s=STEP_DEADLINE_S, evict=lies_about,
                 )
             )  # fmt: skip
         for outcome in outcomes:
@@ -199,10 +201,14 @@ def test_a_rogue_peer_changes_nothing_and_crashes_nothing(mesh: MeshScenario) ->
     wait_stream(mesh, 20)
     targets = pick_targets(mesh)
     pids = {m["id"]: m["pid"] for m in mesh.refresh()["members"]}
-    mesh.note(f"rogue as {STOLEN} attacks {', '.join(targets)}")
-    for outcome in asyncio.run(hostile_phase(mesh.run_dir, targets, mesh.seed)):
+    nodes = [m["id"] for m in mesh.members()]
+    evict = next(n for n in reversed(nodes) if n not in (*targets, STOLEN))
+    mesh.note(f"rogue as {STOLEN} attacks {', '.join(targets)}; says {evict} is dead")
+    for outcome in asyncio.run(hostile_phase(mesh.run_dir, targets, mesh.seed, evict)):
         mesh.note(describe(outcome))
         check_outcome(outcome)
+    evicted = mesh.seen_as(evict, {"dead"}, [n for n in nodes if n != evict])
+    mesh.note(f"{evict} seen dead by a peer: {evicted}")
 
     trainer = mesh.trainer()
     admin(mesh, trainer, "/admin/pause")
@@ -210,7 +216,6 @@ def test_a_rogue_peer_changes_nothing_and_crashes_nothing(mesh: MeshScenario) ->
     mesh.note(f"captured {len(capture.deltas)} deltas above the watermark; rollback")
     assert capture.deltas, "no delta above the watermark to fence"
     new_epoch = admin(mesh, trainer, "/admin/rollback")["epoch"]
-    nodes = [m["id"] for m in mesh.members()]
     mesh.wait(
         lambda: all((mesh.node_status(n) or {}).get("epoch") == new_epoch for n in nodes),
         f"every node in epoch {new_epoch}",

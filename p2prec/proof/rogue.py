@@ -333,9 +333,11 @@ class Rogue:
         digest: SyncDigest,
         victim: str,
         count: int,
+        evict: Member | None = None,
     ) -> list[Probe]:
         """Every probe class against a node whose digest is ``digest``; ``count`` garbage
-        messages; ``victim``: a node id the spoofed envelopes claim."""
+        messages; ``victim``: a node id the spoofed envelopes claim; ``evict``: a member the
+        membership lies declare dead (none: no membership lies)."""
         genuine = capture.richest_delta()
         delta = decode(genuine, self.verifier)
         assert isinstance(delta, ParamDelta)
@@ -351,7 +353,11 @@ class Rogue:
             *probes.bad_envelopes(env, genuine, victim),
             *probes.lying_digests(env, digest.vector.packed.tolist(), digest.epoch),
             *self.replays(capture, "replayed"),
+            *(self.membership_lies(evict) if evict is not None else []),
         ]
+
+    def membership_lies(self, evict: Member) -> list[Probe]:
+        return probes.membership_lies(self.env, (evict.node_id, evict.addr, evict.dc))
 
     def replays(self, capture: Capture, kind: str) -> list[Probe]:
         """The captured genuine messages again (at most ``REPLAY_MAX`` of them)."""
@@ -436,10 +442,11 @@ async def attack(
     seed: int,
     timeout_s: float,
     over_link: bool = True,
+    evict: Member | None = None,
 ) -> Outcome:
     """The unknown key first (alone, so that a leak would show in the counters), then every
     probe with the stolen key; returns before the target has necessarily counted them all
-    (``settle``)."""
+    (``settle``); ``evict``: see ``Rogue.hostile``."""
     before = _counters(target)
     refused = await rogue.refused_by_zap(target, timeout_s)
     leaked = {k: v - before[k] for k, v in _counters(target).items() if k != "auth_denied"}
@@ -449,7 +456,7 @@ async def attack(
     capture = await rogue.capture(target, digest.watermark.packed.tolist(), timeout_s)
     tally = Tally()
     rng = np.random.default_rng(seed)
-    rogue.send(target, rogue.hostile(rng, capture, digest, victim, count), tally)
+    rogue.send(target, rogue.hostile(rng, capture, digest, victim, count, evict), tally)
     if over_link:
         rogue.over_link(target)
     outcome = Outcome(target.node_id, tally, refused, leaked, before, captured=len(capture.deltas))
@@ -511,9 +518,10 @@ async def _main(args: argparse.Namespace) -> int:
     outcomes = []
     try:
         for i, name in enumerate(targets):
+            evict = mesh.members[args.evict] if args.evict and i == 0 else None
             outcome = await attack(
                 rogue, mesh.members[name], victim=nodes[0].node_id, count=args.count,
-                seed=args.seed + i, timeout_s=args.timeout_s,
+                seed=args.seed + i, timeout_s=args.timeout_s, evict=evict,
             )  # fmt: skip
             outcomes.append(outcome)
         for outcome in outcomes:
@@ -540,6 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--count", type=int, default=60, help="garbage messages per target")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--evict", help="a member the first target is told is dead (SWIM gossip; default: none)"
+    )
     parser.add_argument("--timeout-s", type=float, default=10.0, help="bound on every wait")
     return asyncio.run(_main(parser.parse_args(argv)))
 

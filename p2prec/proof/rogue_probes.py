@@ -28,6 +28,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from p2prec.core.membership_messages import (
+    INCARNATION_MAX,
+    Gossip,
+    MemberRecord,
+    MemberState,
+    to_body,
+)
 from p2prec.core.versions import SEQ_BITS, VersionVector
 from p2prec.wire.codec import encode
 from p2prec.wire.limits import DEFAULT_LIMITS, WireLimits
@@ -49,6 +56,8 @@ ENVELOPE_OVER_BYTES = 2048
 #: Slack libzmq allows over ``max_frame_bytes`` (io/transport.py CURVE_SLACK_BYTES), exceeded.
 LINK_OVER_BYTES = 4096
 ROOT_BYTES = 16
+GHOST_ID = "ghost-1"  # a member the rogue makes up
+GHOST_ADDR = "127.0.0.1:9"  # where nothing listens
 
 
 class Layer(enum.Enum):
@@ -353,4 +362,21 @@ def lying_digests(env: Envelopes, vector: Sequence[int], epoch: int) -> list[Pro
     for lie, layer in lies:
         frames = _digest(env, len(lie), lie, epoch)
         probes.append(_probe("digest.lie", env.of("mesh"), frames, layer))
+    return probes
+
+
+def membership_lies(env: Envelopes, victim: tuple[str, str, str]) -> list[Probe]:
+    """SWIM gossip (unsigned: any allow-listed key may say anything about anyone): ``victim``
+    (node id, address, datacenter) declared dead at the highest incarnation, which it cannot
+    outbid, and a member that does not exist declared alive. Peers believe both until the
+    dead-node timeout reclaims the records (the victim then rejoins and catches up; the ghost's
+    place in the trees loses deltas that anti-entropy repairs)."""
+    node_id, addr, dc = victim
+    dead = MemberRecord(node_id, addr, dc, INCARNATION_MAX, MemberState.DEAD, env.node)
+    ghost = MemberRecord(GHOST_ID, GHOST_ADDR, dc, 0, MemberState.ALIVE, GHOST_ID)
+    probes = []
+    for kind, record in (("membership.evict", dead), ("membership.ghost", ghost)):
+        name, body = to_body(Gossip(env.node, [record]))
+        frames = encode(MembershipEnvelope(name, body), None)
+        probes.append(_probe(kind, env.of("mesh"), frames, Layer.HARMLESS))
     return probes
