@@ -172,3 +172,29 @@ def test_the_trainers_journal_reads_back_as_its_record(tmp_path: Path) -> None:
     last = lineage.deltas[-1]
     fenced = zip(last.shards, last.versions, strict=True)
     assert all(record.fenced_by(shard, ver) is rollback for shard, ver in fenced)
+
+
+def test_an_observer_round_samples_fresh_reports_of_current_processes(tmp_path: Path) -> None:
+    import os
+
+    import orjson
+
+    from p2prec.localmesh.runfile import write_mesh
+    from p2prec.proof.observe import Observer
+
+    members = []
+    for member_id, pid in (("trainer", os.getpid()), ("n1", os.getpid()), ("old", 1)):
+        directory = tmp_path / member_id
+        directory.mkdir()
+        status = {"pid": os.getpid(), "epoch": 2, "merkle_root": "ab", "vector": [v(2, 3)],
+                  "watermark": [v(2, 1)], "counters": {"applied": 5}}  # fmt: skip
+        (directory / "status.json").write_bytes(orjson.dumps(status))
+        role = "trainer" if member_id == "trainer" else "node"
+        members.append({"id": member_id, "dc": "dc1", "role": role, "pid": pid,
+                        "url": None, "data_dir": str(directory)})  # fmt: skip
+    write_mesh(tmp_path, {"members": members})
+    observer = Observer(tmp_path)
+    found = observer.round()
+    assert [s.member for s in found] == ["trainer", "n1"]  # 'old': written by another pid
+    assert found[1].vector == (v(2, 3),) and found[1].watermark == (v(2, 1),)
+    assert found[1].counters == {"applied": 5} and observer.latest()["n1"] is found[1]

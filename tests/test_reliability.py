@@ -90,7 +90,9 @@ def test_sigkill_nodes_and_sigstop_an_interior_relay(scenario: Factory) -> None:
         mesh.act("kill-node", victim)
         took_s = mesh.wait(restarted(mesh, victim, old_pid), f"{victim} back", FAULT_DEADLINE_S)
         mesh.note(f"{victim} restarted and serving after {took_s:.1f} s")
-    relay = mesh.rng.choice(mesh.interior_relays())
+    relays = mesh.interior_relays()
+    assert relays, "no node reports children in any tree"
+    relay = mesh.rng.choice(relays)
     mesh.act("pause-node", relay)
     others = [n for n in nodes if n != relay]
     took_s = mesh.wait(
