@@ -9,8 +9,10 @@ import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from p2prec.config import Config, load_config
@@ -24,10 +26,18 @@ from p2prec.wire.signing import Signer
 DEADLINE_S = 20.0
 
 
-def make_config(tmp: Path, node_id: str, dc: str, seeds: list[str], role: str = "node") -> Config:
+def make_config(
+    tmp: Path,
+    node_id: str,
+    dc: str,
+    seeds: list[str],
+    role: str = "node",
+    extra: dict[str, object] | None = None,
+) -> Config:
     return load_config(
         "local",
         {
+            **(extra or {}),
             "node.id": node_id,
             "node.dc": dc,
             "node.role": role,
@@ -61,8 +71,8 @@ class Mesh:
         self.trainer: NodeDriver | None = None
         self.nodes: dict[str, NodeDriver] = {}
 
-    async def start_trainer(self) -> str:
-        config = make_config(self.tmp, "trainer", "dc-t", [], role="trainer")
+    async def start_trainer(self, extra: dict[str, object] | None = None) -> str:
+        config = make_config(self.tmp, "trainer", "dc-t", [], role="trainer", extra=extra)
         self.trainer = NodeDriver(config, self.signer.verifier(), self.signer)
         addr = await self.trainer.start()
         self.seed = f"trainer@{addr}"
@@ -135,6 +145,53 @@ def test_deltas_reach_every_node_and_a_restarted_node_catches_up(tmp_path: Path)
         assert restarted.replica is not None
         assert restarted.replica.store.vector.total_seq() > 0  # served from disk at once
         await until(mesh.converged, "a2 caught up")
+
+    run(tmp_path, body)
+
+
+def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer({"mesh.checkpoint_log_ratio": 20.0})
+        trainer = mesh.trainer
+        assert trainer is not None and trainer.replica is not None
+        store = trainer.replica.store
+        assert not trainer._checkpoint_due()  # nothing logged yet
+        mesh.publish_step()
+        assert trainer.disk.bytes_logged < 20 * store.nbytes_estimate()
+        assert not trainer._checkpoint_due()  # a log under 20 times the store: wait
+        for _ in range(2000):  # rows repeat (keys from -50..50): the store stops growing
+            if trainer.disk.bytes_logged >= 20 * store.nbytes_estimate():
+                break
+            mesh.publish_step()
+        assert trainer._checkpoint_due()
+
+    run(tmp_path, body)
+
+
+def test_an_owner_step_that_raises_is_logged_and_the_node_goes_on(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        assert node.replica is not None
+        tick = node.replica.tick
+        failures = [RuntimeError("injected")]
+
+        def failing_once(now: float) -> list[Any]:
+            if failures:
+                raise failures.pop()
+            return tick(now)
+
+        node.replica.tick = failing_once  # type: ignore[method-assign]
+        node._wake.set()
+        await until(lambda: node.counters.owner_errors == 1, "the injected failure")
+        mesh.publish_step()
+        await until(mesh.converged, "the node still applies")
+
+        def status_shows_it() -> bool:  # status.json is written by the owner task's steps
+            status = orjson.loads((node.disk.root / "status.json").read_bytes())
+            return bool(status["driver"]["owner_errors"] == 1 and any(status["vector"]))
+
+        await until(status_shows_it, "the owner task still writing status.json")
 
     run(tmp_path, body)
 

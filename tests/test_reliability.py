@@ -169,9 +169,8 @@ def test_a_poisoned_burst_rolled_back_while_a_datacenter_is_partitioned(
 
 
 # A delta log of ~2 s of this stream: a datacenter cut off longer catches up with verified
-# shard snapshots, which only reach the node's disk with its next checkpoint; checkpoints every
-# 60 s keep that window open for the whole scenario (without it the kill lands in the window
-# only by chance).
+# shard snapshots. Checkpoints every 60 s: the node's disk holds those snapshots only through
+# its message log (it logs each one it restores), the path this scenario kills it on.
 CATCH_UP_SETTINGS = [
     *("--set", "mesh.delta_log_bytes_max=300000", "--set", "mesh.checkpoint_interval_s=60"),
 ]
@@ -182,14 +181,6 @@ def repaired(mesh: MeshScenario, member_id: str) -> int:
     return int((status or {}).get("counters", {}).get("repaired", -1))
 
 
-@pytest.mark.xfail(
-    reason="open bug: shards a node restores from catch-up snapshots reach its disk only with "
-    "its next checkpoint (mesh.checkpoint_interval_s), and the deltas it logs after them replay "
-    "with a gap; SIGKILLed in that window the node restarts at its pre-partition versions (seed "
-    "5: dc3-n2 went from 1.109 back to 1.30 on every shard), a version going down without a "
-    "rollback. Not strict: a kill that misses the window passes",
-    strict=False,
-)
 def test_a_node_killed_while_it_catches_up_after_a_partition(scenario: Factory) -> None:
     mesh = scenario("kill-in-catch-up", 5, tuple(CATCH_UP_SETTINGS))
     wait_stream(mesh, 20)

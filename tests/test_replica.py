@@ -318,6 +318,36 @@ def test_tree_delta_is_applied_and_relayed_to_the_children_exactly_once() -> Non
     assert leaf.counters.applied == 1
 
 
+def test_forward_sends_to_the_children_before_the_apply_and_handle_does_not_resend() -> None:
+    mesh = Mesh({"dc0": 3}, ReplicaConfig(fanout=2, shard_groups=1)).join()
+    d0 = lineage().deltas[0]
+    root = mesh.node(mesh.publisher.tree.roots(0)["dc0"])
+    children = root.tree.children(root.node_id, 0)
+    event = Incoming(PUBLISHER_ADDR, d0, b"frames", Route.TREE)
+    forwarded = root.forward(event)
+    assert sorted(s.addr for s in sends(forwarded)) == sorted(f"{c}@0" for c in children)
+    assert root.counters.applied == 0  # nothing applied yet: the children get it first
+    effects = root.handle(event, mesh.now)
+    assert sends(effects) == [] and root.counters.applied == 1
+    assert root.forward(event) == []  # seen: never twice
+    repair = Incoming(PUBLISHER_ADDR, lineage().deltas[1], b"frames", Route.REPAIR)
+    assert root.forward(repair) == []  # repairs are not relayed
+
+
+def test_forward_drops_a_fenced_delta() -> None:
+    mesh = Mesh({"dc0": 3}, ReplicaConfig(fanout=2, shard_groups=1)).join()
+    line = lineage()
+    root = mesh.node(mesh.publisher.tree.roots(0)["dc0"])
+    for delta in line.deltas[:2]:
+        mesh.give(root, delta)
+    mesh.give(root, Rollback(vec(line.states[1].vector), 2))
+    stale = Incoming(PUBLISHER_ADDR, line.deltas[2], b"frames", Route.TREE)
+    assert root.forward(stale) == []  # epoch 1 above the rollback's ``to``: fenced
+    # Not for another reason: an interior node that has not seen the delta would relay it.
+    assert len(root.tree.children(root.node_id, 0)) == 2
+    assert delta_key(line.deltas[2]) not in root._seen
+
+
 def test_delivered_through_the_mesh_every_node_applies_each_delta_once() -> None:
     mesh = Mesh({"dc0": 4, "dc1": 3}, ReplicaConfig(fanout=2, shard_groups=4)).join()
     line = lineage(6)
@@ -663,8 +693,12 @@ def test_short_delta_log_answers_with_validated_and_snapshots_at_the_watermark()
     assert [s.version for s in snaps] == [int(validated.vector.packed[s]) for s in held]
     assert len(out) == 1 + len(held)  # no deltas: the log holds none
 
-    _deliver(case, out)
+    effects = _deliver(case, out)
     assert lagging.counters.rejected == 0 and lagging.counters.repaired == len(held)
+    # Each restored snapshot is logged (after the Validated that verifies it): a crash then
+    # replays it under the deltas logged later, not those deltas over the older disk state.
+    persisted = [e for e in effects if isinstance(e, Persist)]
+    assert len(persisted) == 1 + len(held)
     assert lagging.store.vector == validated.vector
     assert lagging.store.root == case.root_at_watermark
     assert (lagging.log.floor == validated.vector.packed).all()

@@ -140,7 +140,7 @@ class Replica:
         if isinstance(msg, SyncRequest):
             return self._on_request(msg, event.addr)
         if isinstance(msg, ShardSnapshot):
-            return self._on_snapshot(msg)
+            return self._on_snapshot(msg, event.raw)
         if isinstance(msg, ControlRequest):
             return self._send_control(event.addr)
         if self.membership.handles(msg):
@@ -210,14 +210,29 @@ class Replica:
         if verdict is Verdict.FENCED:
             self.counters.fenced += 1
             return [Note("delta_fenced", {"shards": len(delta.shards)})]
-        effects: list[Effect] = []
-        if route is Route.TREE and delta.shards:
-            group = group_of_shard(delta.shards[0], self.config.shard_groups)
-            effects += self._relay(delta_key(delta), group, delta, raw)
+        effects = self._relay_delta(delta, raw) if route is Route.TREE else []
         if verdict is Verdict.FUTURE:
             self._hold(delta, raw)
             return [*effects, *self._ask_control(addr, now)]
         return effects + self._apply(delta, raw, repaired=route is Route.REPAIR)
+
+    def forward(self, event: Incoming) -> list[Effect]:
+        """The sends that pass a tree delta on to this node's children, ahead of ``handle``:
+        a relay forwards a delta (its signature already checked by the driver) before applying
+        it, so a hop costs the receive and the check, not the apply. ``handle`` then does not
+        send it again. Anything else: no effects."""
+        msg = event.msg
+        if event.route is not Route.TREE or not isinstance(msg, ParamDelta):
+            return []
+        if self.fencing.judge(msg) is Verdict.FENCED:
+            return []
+        return self._relay_delta(msg, event.raw)
+
+    def _relay_delta(self, delta: ParamDelta, raw: object) -> list[Effect]:
+        if not delta.shards:
+            return []
+        group = group_of_shard(delta.shards[0], self.config.shard_groups)
+        return self._relay(delta_key(delta), group, delta, raw)
 
     def _apply(self, delta: ParamDelta, raw: object, repaired: bool) -> list[Effect]:
         effects, progressed = self._apply_one(delta, raw, repaired)
@@ -463,7 +478,7 @@ class Replica:
         effects += [Send(addr, e.delta, e.raw, Route.REPAIR) for e in reply.deltas]
         return effects
 
-    def _on_snapshot(self, snap: ShardSnapshot) -> list[Effect]:
+    def _on_snapshot(self, snap: ShardSnapshot, raw: object) -> list[Effect]:
         shard_ok = 0 <= snap.shard < self.store.layout.n_shards
         if shard_ok and snap.version < int(self.store.vector_view[snap.shard]):
             self.counters.duplicates += 1  # a late answer: taking it would go back in time
@@ -479,7 +494,10 @@ class Replica:
         self.log.reset_shard(snap.shard, snap.version)
         self.counters.repaired += 1
         self._behind.pop(snap.shard, None)
-        return [Note("snapshot_restored", {"shard": snap.shard}), *self._retry_held()]
+        # Logged like a delta: the deltas logged after it replay on top of it after a crash
+        # (verified again against the signed digests of the Validated logged before it).
+        restored: list[Effect] = [Persist(raw), Note("snapshot_restored", {"shard": snap.shard})]
+        return [*restored, *self._retry_held()]
 
     def _snapshot_verified(self, snap: ShardSnapshot) -> bool:
         """Only a snapshot whose BLAKE3 the trainer signed (in the newest Validated) is taken."""

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ log = get_logger("p2prec.node")
 STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
+OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
 CHECKPOINT_STEP_SHARDS = 8  # shards snapshotted per step of a checkpoint (one index scan)
 
 
@@ -93,6 +95,7 @@ class DriverCounters:
     decode_rejected: int = 0  # frames that failed decoding or signature verification
     persisted: int = 0
     checkpoints: int = 0
+    owner_errors: int = 0  # owner-task steps that raised (logged; the task goes on)
 
 
 class NodeDriver:
@@ -113,6 +116,9 @@ class NodeDriver:
         self._closed = False
         self._checkpointed: tuple[np.ndarray, np.ndarray] | None = None
         self._checkpointing: asyncio.Task[None] | None = None
+        self._logged_at_checkpoint = 0  # disk.bytes_logged when the last checkpoint began
+        self._next_checkpoint = 0.0  # owner-task times (self.now())
+        self._next_status = 0.0
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
         # (created_ms, publish -> applied ms) of the last applied deltas, for benchmarks
@@ -276,6 +282,21 @@ class NodeDriver:
         self._checkpointed = baseline
         self.counters.checkpoints += 1
 
+    def _start_checkpoint(self) -> None:
+        self._logged_at_checkpoint = self.disk.bytes_logged
+        self._checkpointing = asyncio.create_task(self._checkpoint_in_steps())
+        self._checkpointing.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_due(self) -> bool:
+        """No checkpoint running, and the log written since the last one holds at least
+        ``mesh.checkpoint_log_ratio`` times the store's bytes: a store rewritten by every
+        checkpoint then costs O(bytes written), and a restart replays at most that much log."""
+        if self._checkpointing is not None:
+            return False
+        logged = self.disk.bytes_logged - self._logged_at_checkpoint
+        ratio = self.config.mesh.checkpoint_log_ratio
+        return logged > 0 and logged >= ratio * self._replica.store.nbytes_estimate()
+
     def _write_shards(self, snapshots: list[tuple[int, bytes]]) -> None:
         for shard, data in snapshots:
             self.disk.write_shard(shard, data)
@@ -339,21 +360,15 @@ class NodeDriver:
         os.replace(tmp, path)
 
     async def _run(self) -> None:
-        next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
-        next_status = self.now()
+        self._next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+        self._next_status = self.now()
         while not self._closed:
-            self._carry_out(self._replica.tick(self.now()))
-            self._sync_peers()
-            if self.now() >= next_status:
-                self.write_status()
-                next_status = self.now() + STATUS_INTERVAL_S
-            if self.now() >= next_checkpoint and self._checkpointing is None:
-                self._checkpointing = asyncio.create_task(self._checkpoint_in_steps())
-                self._checkpointing.add_done_callback(self._checkpoint_done)
-                next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
-            deadline = min(
-                self._replica.next_deadline() or next_checkpoint, next_checkpoint, next_status
-            )
+            try:
+                deadline = self._step()
+            except Exception:  # a bug must not silently end ticks, probes and checkpoints
+                self.counters.owner_errors += 1
+                log.exception("owner_step_failed")
+                deadline = self.now() + OWNER_RETRY_S
             self._wake.clear()
             # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when the
             # event fires in the same loop iteration as a cancel, losing the cancellation (busy
@@ -361,6 +376,21 @@ class NodeDriver:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - self.now())):
                     await self._wake.wait()
+
+    def _step(self) -> float:
+        """One turn of the owner task: timers, peers, status, checkpoints; returns when the
+        next turn is due (sooner if a message wakes it)."""
+        self._carry_out(self._replica.tick(self.now()))
+        self._sync_peers()
+        if self.now() >= self._next_status:
+            self._next_status = self.now() + STATUS_INTERVAL_S
+            self.write_status()
+        if self.now() >= self._next_checkpoint:
+            self._next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+            if self._checkpoint_due():
+                self._start_checkpoint()
+        due = self._replica.next_deadline()
+        return min(due if due is not None else math.inf, self._next_checkpoint, self._next_status)
 
     def _on_message(self, envelope: Envelope, frames: list[Any]) -> None:
         msg = self._decode(frames)
@@ -374,6 +404,7 @@ class NodeDriver:
                 log.warning("membership_rejected", peer=envelope.peer, reason=str(exc))
                 return
         event = Incoming(envelope.sender, msg, frames, envelope.route)
+        self._carry_out(self.replica.forward(event))  # children first, then apply here
         self._carry_out(self.replica.handle(event, self.now()))
         self._wake.set()  # deadlines may have moved
 

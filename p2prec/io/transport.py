@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -61,8 +62,9 @@ OnMessage: TypeAlias = Callable[["Envelope", list[zmq.Frame]], None]
 ENVELOPE_MAX_BYTES = 1024
 ADDR_MAX_CHARS = 255
 NODE_MAX_CHARS = 128
-#: Messages handled in a row before the receive loop yields to other tasks.
-DRAIN_BATCH = 256
+#: Time the receive loop handles messages in a row before it yields to other tasks (HTTP
+#: requests, timers): a burst of deltas delays a query by about this much plus one message.
+DRAIN_BUDGET_S = 0.002
 #: Slack on ZMQ_MAXMSGSIZE (checked per frame, on CURVE's boxed frames).
 CURVE_SLACK_BYTES = 256
 RECONNECT_IVL_MAX_MS = 2000
@@ -537,22 +539,21 @@ class Transport:
     async def _recv_loop(self, router: zmq.asyncio.Socket) -> None:
         """Drain with NOBLOCK until EAGAIN, then await (an awaited recv costs ~45 us)."""
         sync: zmq.Socket[bytes] = zmq.Socket.shadow(router.underlying)
-        handled = 0
+        yield_at = time.perf_counter() + DRAIN_BUDGET_S
         while True:
             try:
                 msg = sync.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 msg = await router.recv_multipart(copy=False)
-                handled = 0
+                yield_at = time.perf_counter() + DRAIN_BUDGET_S
             try:
                 self._on_raw(msg)
             except Exception:  # defence in depth: the loop must survive anything
                 self.counters.internal_errors += 1
                 log.exception("receive_error")
-            handled += 1
-            if handled >= DRAIN_BATCH:
-                handled = 0
-                await asyncio.sleep(0)  # let timers and other tasks run
+            if time.perf_counter() >= yield_at:
+                await asyncio.sleep(0)  # let queries, timers and other tasks run
+                yield_at = time.perf_counter() + DRAIN_BUDGET_S
 
     def _on_raw(self, msg: list[zmq.Frame]) -> None:
         envelope = self._envelope(msg)

@@ -340,6 +340,12 @@ class ParamStore:
         at = int(self._watermark[self.layout.dense_shard]) if validated else None
         return {name: v.array for name, v in self.dense_values(at).items()}
 
+    def nbytes_estimate(self) -> int:
+        """About the bytes a snapshot of every shard takes: live keys times their row values
+        plus key and version, and the dense tensors."""
+        rows = sum(len(t.index) * (t.dim * t.rows.itemsize + 16) for t in self.tables.values())
+        return rows + sum(v.array.nbytes for v in self.dense.values.values())
+
     def row_count(self, table: str) -> int:
         return int(self.tables[table].live_slots()[0].size)
 
