@@ -16,10 +16,14 @@ import orjson
 import pytest
 
 from p2prec.config import Config, load_config
+from p2prec.core.effects import Route
+from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
+from p2prec.io.transport import Envelope
 from p2prec.sim.lineage import make_delta
+from p2prec.wire.codec import encode
 from p2prec.wire.messages import Rollback, Validated
 from p2prec.wire.signing import Signer
 
@@ -192,6 +196,25 @@ def test_an_owner_step_that_raises_is_logged_and_the_node_goes_on(tmp_path: Path
             return bool(status["driver"]["owner_errors"] == 1 and any(status["vector"]))
 
         await until(status_shows_it, "the owner task still writing status.json")
+
+    run(tmp_path, body)
+
+
+def test_a_digest_naming_another_node_than_its_sender_is_dropped(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        trainer_addr = await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        assert mesh.trainer is not None and mesh.trainer.replica is not None
+        store = mesh.trainer.replica.store
+        envelope = Envelope(trainer_addr, "trainer", Route.MESH, "trainer")
+        before = node.counters.decode_rejected
+        for claimed in ("b1", "trainer"):  # only the first names another node than the key's
+            node._on_message(envelope, list(encode(digest_of(claimed, store, 1), None)))
+            assert node.counters.decode_rejected == before + 1
+        assert node.replica is not None
+        assert "trainer" in {v.digest.sender for v in node.replica.peer_views()}
+        assert "b1" not in {v.digest.sender for v in node.replica.peer_views()}
 
     run(tmp_path, body)
 

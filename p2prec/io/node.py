@@ -38,7 +38,14 @@ from p2prec.model.snapshot import snapshot_shards
 from p2prec.model.store import ParamStore
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.errors import RemoteProtocolError
-from p2prec.wire.messages import MembershipEnvelope, ParamDelta, Rollback, Validated
+from p2prec.wire.messages import (
+    MembershipEnvelope,
+    ParamDelta,
+    Rollback,
+    SyncDigest,
+    SyncRequest,
+    Validated,
+)
 from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
@@ -403,6 +410,12 @@ class NodeDriver:
                 self.counters.decode_rejected += 1
                 log.warning("membership_rejected", peer=envelope.peer, reason=str(exc))
                 return
+        if isinstance(msg, SyncDigest | SyncRequest) and msg.sender != envelope.node:
+            # The envelope's node id is the sender's CURVE identity (checked by the transport):
+            # a peer may not speak for another, e.g. claim its versions to stall its pulls.
+            self.counters.decode_rejected += 1
+            log.warning("sender_mismatch", claimed=msg.sender, node=envelope.node)
+            return
         event = Incoming(envelope.sender, msg, frames, envelope.route)
         self._carry_out(self.replica.forward(event))  # children first, then apply here
         self._carry_out(self.replica.handle(event, self.now()))
