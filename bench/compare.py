@@ -1,6 +1,6 @@
 """p2prec against the alternatives, on one stream of deltas (issue 6, item 2).
 
-    python bench/compare.py [--quick] [--nodes 9,18,36]
+    python bench/compare.py [--quick] [--nodes 9,18,36] [--wan-mbit 1000]
 
 One stream of signed deltas is built once (seeded, ``make_delta`` from an empty store of the
 mesh's layout) and every system gets the same deltas, for meshes of N nodes in 3 datacenters:
@@ -15,6 +15,22 @@ mesh's layout) and every system gets the same deltas, for meshes of N nodes in 3
   MACHINE-NOTES), the version is printed.
 - snapshot: a full-store snapshot to every node every 60 s, COMPUTED from the same stream (the
   snapshot bytes of the store the stream builds), not measured.
+
+WAN model (``--wan-mbit``, the same for every system): on one host over loopback bandwidth is
+free, so the one thing a tree saves, the publisher's WAN egress (3 copies instead of N), would
+cost nothing and a star could only win. Real hosts reach other datacenters through a bounded
+uplink, so every host here gets one: all of a host's sends to another datacenter go through
+one FIFO that releases ``--wan-mbit`` (serialisation delay = bytes / rate; LAN sends are free).
+The default, 1,000 Mbit/s, is a 1 Gbit/s share of a host's WAN uplink, about 20 times one copy
+of the stream (266 KiB x 20 deltas/s = 44 Mbit/s): the headroom a team would give one update
+stream. p2prec and star: ``mesh.wan_uplink_mbit`` on every member (the trainer is its own
+datacenter, so each of its copies crosses its uplink; p2prec's relays send inside their
+datacenter, for free). Redis: the server sits in dc1; its copies to the dc2/dc3 subscribers
+cross the server host's uplink, and the trainer's PUBLISH its own: an asyncio TCP proxy in its
+own thread (``bench/wan_proxy.py``, the same FIFO) shapes both; dc1's subscribers connect
+directly. Snapshot: the WAN copies of each snapshot cross the dc1 host's uplink one after
+another, and that transfer time is added to the staleness. No propagation delay is modelled
+(the same constant for every system). ``--wan-mbit 0``: unlimited, the old harness.
 
 Latency: publish call (encode + sign included) -> the last node applied the delta. Egress: bytes
 sent by the trainer (p2prec, star) or the Redis server (measured, INFO total_net_output_bytes)
@@ -38,10 +54,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 
@@ -50,9 +67,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mesh_bench as mb
 import redis
 import redis.asyncio as aioredis
+from wan_proxy import WanProxy
 
 from p2prec.core.fencing import FIRST_EPOCH
 from p2prec.io.node import store_layout
+from p2prec.io.shaper import MBIT
 from p2prec.log import configure_logging
 from p2prec.model.layout import StoreLayout
 from p2prec.model.snapshot import snapshot_shards
@@ -62,6 +81,7 @@ from p2prec.wire.codec import decode, encode
 from p2prec.wire.messages import ParamDelta
 from p2prec.wire.signing import Signer, Verifier
 
+Args: TypeAlias = argparse.Namespace
 SNAPSHOT_PERIOD_S = 60.0
 CHANNEL = "p2prec-deltas"
 DEADLINE_S = 60.0
@@ -133,14 +153,18 @@ class Row:
 
 
 async def run_mesh(
-    stream: Stream, signer: Signer, n: int, warm: int, steps: int, outage: int, rate: float
+    stream: Stream, signer: Signer, n: int, warm: int, steps: int, outage: int, args: Args
 ) -> list[Row]:
     rows: list[Row] = []
     per_dc = n // len(mb.DCS)
+    rate = args.rate
     for system in ("p2prec", "star"):
         star = system == "star"
         with tempfile.TemporaryDirectory(prefix="p2prec-compare-") as tmp:
-            bench = mb.Bench(Path(tmp), 1, 1, nodes_per_dc=per_dc, signer=signer)
+            overrides = {"mesh.wan_uplink_mbit": args.wan_mbit}  # every member, the trainer too
+            bench = mb.Bench(
+                Path(tmp), 1, 1, nodes_per_dc=per_dc, signer=signer, overrides=overrides
+            )
             try:
                 await mb.start_mesh(bench)
                 log(f"{system} N={n}: warm-up")
@@ -149,6 +173,9 @@ async def run_mesh(
                 res = await mb.run_mode(
                     bench, system, steps, rate, stream.deltas[warm : warm + steps], star
                 )
+                assert bench.trainer is not None
+                shaped = bench.trainer.transport.counters.shaped
+                assert shaped or args.wan_mbit <= 0, "the trainer's copies must cross its uplink"
                 if star:
                     lost = f"{outage} of {outage} (no replay; computed)"
                 else:
@@ -167,7 +194,8 @@ async def run_mesh(
                 res.publisher_copies * stream.wire_bytes,
                 res.wan_copies * stream.wire_bytes,
                 lost,
-                f"{res.publisher_copies:.2f} / {res.wan_copies:.2f} copies",
+                f"{res.publisher_copies:.2f} / {res.wan_copies:.2f} copies; "
+                + uplink_load(res.publisher_copies, stream, args, "trainer"),
             )
         )
     return rows
@@ -260,7 +288,10 @@ async def redis_server() -> AsyncIterator[tuple[int, aioredis.Redis]]:
         raise RuntimeError("redis-server not found: apt-get install -y redis-server")
     port = free_port()
     proc = subprocess.Popen(
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        [
+            *(exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"),
+            *("--client-output-buffer-limit", "pubsub 0 0 0"),  # never drop a slow subscriber
+        ],
         stdout=subprocess.DEVNULL,
     )
     pub = aioredis.Redis(host="127.0.0.1", port=port)
@@ -312,47 +343,97 @@ async def all_received(seqs: range, who: Sequence[Subscriber]) -> None:
         await asyncio.sleep(0.005)
 
 
+@contextlib.contextmanager
+def wan_ports(port: int, wan_mbit: float) -> Iterator[tuple[int, int]]:
+    """(port for the trainer's PUBLISH connection, port for dc2/dc3 subscribers): through the
+    WAN proxy (the trainer's uplink; the server host's uplink, shared by every remote
+    subscriber), or straight to the server when the WAN is unlimited."""
+    if wan_mbit <= 0:
+        yield port, port
+        return
+    proxy = WanProxy()
+    proxy.start()
+    try:
+        upstream = ("127.0.0.1", port)
+        rate = wan_mbit * MBIT
+        yield (
+            proxy.listen(upstream, "trainer", rate, "up"),
+            proxy.listen(upstream, "dc1-server", rate, "down"),
+        )
+    finally:
+        proxy.close()
+
+
 async def run_redis(
-    stream: Stream, signer: Signer, n: int, warm: int, steps: int, outage: int, rate: float
+    stream: Stream, signer: Signer, n: int, warm: int, steps: int, outage: int, args: Args
 ) -> Row:
+    async with redis_server() as (port, pub):
+        with wan_ports(port, args.wan_mbit) as (trainer_port, remote_port):
+            return await redis_rounds(
+                stream, signer, n, warm, steps, outage, args, pub, port, trainer_port, remote_port
+            )
+
+
+async def redis_rounds(
+    stream: Stream,
+    signer: Signer,
+    n: int,
+    warm: int,
+    steps: int,
+    outage: int,
+    args: Args,
+    pub: aioredis.Redis,
+    port: int,
+    trainer_port: int,
+    remote_port: int,
+) -> Row:
+    """The Redis run: subscribers 0..N/3-1 in dc1 with the server, the others in dc2/dc3
+    behind the server's uplink; the trainer PUBLISHes through its own uplink."""
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
-    async with redis_server() as (port, pub):
-        try:
-            subs = [Subscriber(i, ParamStore(stream.layout, capacity_rows=4096)) for i in range(n)]
-            verifier = signer.verifier()
-            tasks = [asyncio.create_task(subscribe_loop(port, s, verifier, stop)) for s in subs]
-            await wait_numsub(pub, n)
-            trainer = RedisPublisher(pub, stream, signer, rate)
-            log(f"redis N={n}: warm-up")
-            await trainer.publish(0, warm)
-            await all_received(range(warm), subs)
-            info0 = await pub.info("stats")
-            log(f"redis N={n}: {steps} deltas")
-            await trainer.publish(warm, steps)
-            measured = range(warm, warm + steps)
-            await all_received(measured, subs)
-            info1 = await pub.info("stats")
-            out_b = int(info1["total_net_output_bytes"]) - int(info0["total_net_output_bytes"])
-            lat = [max(s.received[q] for s in subs) - trainer.published[q] for q in measured]
-            # restart mid-stream: the victim's connection closes, deltas go on, it resubscribes
-            log(f"redis N={n}: subscriber away for {outage} deltas")
-            victim = subs[-1]
-            victim.down.set()
-            await wait_numsub(pub, n - 1)
-            first = warm + steps
-            await trainer.publish(first, outage)
-            victim.up.set()
-            await wait_numsub(pub, n)
-            await trainer.publish(first + outage, AFTER_OUTAGE)
-            await all_received(range(first + outage, first + outage + AFTER_OUTAGE), subs[:-1])
-            await asyncio.sleep(0.5)
-            never = sum(q not in victim.received for q in range(first, first + outage))
-        finally:
-            stop.set()
-            for task in tasks:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 5.0)
+    per_dc, rate = n // len(mb.DCS), args.rate
+    publisher = aioredis.Redis(host="127.0.0.1", port=trainer_port)
+    try:
+        subs = [Subscriber(i, ParamStore(stream.layout, capacity_rows=4096)) for i in range(n)]
+        verifier = signer.verifier()
+        tasks = [
+            asyncio.create_task(
+                subscribe_loop(port if s.index < per_dc else remote_port, s, verifier, stop)
+            )
+            for s in subs
+        ]
+        await wait_numsub(pub, n)
+        trainer = RedisPublisher(publisher, stream, signer, rate)
+        log(f"redis N={n}: warm-up")
+        await trainer.publish(0, warm)
+        await all_received(range(warm), subs)
+        info0 = await pub.info("stats")
+        log(f"redis N={n}: {steps} deltas")
+        await trainer.publish(warm, steps)
+        measured = range(warm, warm + steps)
+        await all_received(measured, subs)
+        info1 = await pub.info("stats")
+        out_b = int(info1["total_net_output_bytes"]) - int(info0["total_net_output_bytes"])
+        lat = [max(s.received[q] for s in subs) - trainer.published[q] for q in measured]
+        # restart mid-stream: the victim's connection closes, deltas go on, it resubscribes
+        log(f"redis N={n}: subscriber away for {outage} deltas")
+        victim = subs[-1]
+        victim.down.set()
+        await wait_numsub(pub, n - 1)
+        first = warm + steps
+        await trainer.publish(first, outage)
+        victim.up.set()
+        await wait_numsub(pub, n)
+        await trainer.publish(first + outage, AFTER_OUTAGE)
+        await all_received(range(first + outage, first + outage + AFTER_OUTAGE), subs[:-1])
+        await asyncio.sleep(0.5)
+        never = sum(q not in victim.received for q in range(first, first + outage))
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5.0)
+        await publisher.aclose()
     lost = f"{never} of {outage} (measured; then {victim.gaps} later deltas refused: gap)"
     wan_copies = n - n // len(mb.DCS)
     return Row(
@@ -363,26 +444,43 @@ async def run_redis(
         out_b / steps,
         wan_copies * stream.wire_bytes,
         lost,
-        f"{out_b / steps / stream.wire_bytes:.2f} / {wan_copies} copies",
+        f"{out_b / steps / stream.wire_bytes:.2f} / {wan_copies} copies; "
+        + uplink_load(wan_copies, stream, args, "server"),
     )
 
 
 # --- the snapshot path (computed) ------------------------------------------------------------
 
 
-def snapshot_row(stream: Stream, n: int, rate: float) -> Row:
+def snapshot_row(stream: Stream, n: int, args: Args) -> Row:
+    """A delta waits for the next snapshot (uniform over the period), then for the snapshot's
+    copies to the remote datacenters to cross the snapshot host's uplink one after another:
+    the last remote node has it ``remote x snapshot / uplink`` after it was taken."""
+    rate = args.rate
+    remote = n - n // len(mb.DCS)
     per_delta = stream.snapshot_bytes * n / (SNAPSHOT_PERIOD_S * rate)
-    wan = stream.snapshot_bytes * (n - n // len(mb.DCS)) / (SNAPSHOT_PERIOD_S * rate)
+    wan = stream.snapshot_bytes * remote / (SNAPSHOT_PERIOD_S * rate)
+    transfer_s = remote * stream.snapshot_bytes / (args.wan_mbit * MBIT) if args.wan_mbit else 0.0
     return Row(
         "snapshot",
         n,
-        0.5 * SNAPSHOT_PERIOD_S * 1000,
-        0.99 * SNAPSHOT_PERIOD_S * 1000,
+        (0.5 * SNAPSHOT_PERIOD_S + transfer_s) * 1000,
+        (0.99 * SNAPSHOT_PERIOD_S + transfer_s) * 1000,
         per_delta,
         wan,
         "0 (stale up to 60 s; computed)",
-        f"computed: {stream.snapshot_bytes} B x {n} / 60 s at {rate:g} deltas/s",
+        f"computed: {stream.snapshot_bytes} B x {n} / 60 s at {rate:g} deltas/s; "
+        f"{remote} WAN copies take {transfer_s:.1f} s on the uplink",
     )
+
+
+def uplink_load(copies: float, stream: Stream, args: Args, who: str) -> str:
+    """The WAN load ``copies`` per delta put on the ``who`` host's uplink."""
+    mbit = copies * stream.wire_bytes * args.rate / MBIT
+    if args.wan_mbit <= 0:
+        return f"{who} uplink {mbit:.0f} Mbit/s (unlimited)"
+    share = 100 * mbit / args.wan_mbit
+    return f"{who} uplink {mbit:.0f} of {args.wan_mbit:g} Mbit/s ({share:.0f}%)"
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -414,7 +512,7 @@ def print_table(rows: Sequence[Row]) -> None:
             print(f"  {r.system} N={r.nodes}: egress / WAN {r.note}")
 
 
-def plot(rows: Sequence[Row], path: Path) -> bool:
+def plot(rows: Sequence[Row], path: Path, caption: str) -> bool:
     try:
         import matplotlib
 
@@ -445,6 +543,7 @@ def plot(rows: Sequence[Row], path: Path) -> bool:
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
+    fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -452,6 +551,7 @@ def plot(rows: Sequence[Row], path: Path) -> bool:
 
 
 async def compare_main(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
     ns = [9] if args.quick else [int(x) for x in args.nodes.split(",")]
     for n in ns:
         if n % len(mb.DCS):
@@ -471,22 +571,31 @@ async def compare_main(args: argparse.Namespace) -> None:
     )
     rows: list[Row] = []
     for n in ns:
-        rows += await run_mesh(stream, signer, n, warm, steps, args.outage, args.rate)
-        rows.append(await run_redis(stream, signer, n, warm, steps, args.outage, args.rate))
-        rows.append(snapshot_row(stream, n, args.rate))
+        rows += await run_mesh(stream, signer, n, warm, steps, args.outage, args)
+        rows.append(await run_redis(stream, signer, n, warm, steps, args.outage, args))
+        rows.append(snapshot_row(stream, n, args))
     print(
         f"compare: {steps} measured deltas per system at {args.rate:g}/s after {warm} warm-up, "
         f"~{args.rows} rows x dim {mb.DIM} float32 per delta "
         f"({stream.wire_bytes / 1024:.1f} KiB signed on the wire), seed {args.seed}; "
         f"3 datacenters; one process, one asyncio loop, 127.0.0.1"
     )
+    per_copy = stream.wire_bytes * args.rate / MBIT
+    wan = f"{args.wan_mbit:g} Mbit/s" if args.wan_mbit > 0 else "unlimited"
+    print(
+        f"WAN uplink per host: {wan} (one copy of the stream: {per_copy:.1f} Mbit/s); "
+        "p2prec/star: mesh.wan_uplink_mbit on every member; redis: shaping proxy on the "
+        "server's (dc1) and the trainer's uplinks; snapshot: transfer time added"
+    )
     print(f"redis-py {redis.__version__} (pinned < 8: no per-message debug formatting)")
     print()
     print_table(rows)
-    if plot(rows, Path(args.plot)):
+    caption = f"3 datacenters, WAN uplink per host: {wan}; {steps} deltas at {args.rate:g}/s"
+    if plot(rows, Path(args.plot), caption):
         print(f"\nplot: {args.plot}")
     else:
         print("\nplot: matplotlib not installed, none saved")
+    print(f"ran in {time.perf_counter() - started:.0f} s")
 
 
 def main() -> None:
@@ -498,6 +607,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
     parser.add_argument("--key-space", type=int, default=100_000, help="distinct row ids")
     parser.add_argument("--outage", type=int, default=20, help="deltas while a node is down")
+    parser.add_argument(
+        "--wan-mbit",
+        type=float,
+        default=1000.0,
+        help="every host's WAN uplink in Mbit/s (0: unlimited); see the module docstring",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=str(Path(__file__).with_name("compare.png")))
     args = parser.parse_args()

@@ -51,7 +51,14 @@ ROW_BYTES = DIM * 4 + 16  # values + id + version
 DEADLINE_S = 30.0
 
 
-def make_config(tmp: Path, node_id: str, dc: str, seeds: list[str], role: str) -> Config:
+def make_config(
+    tmp: Path,
+    node_id: str,
+    dc: str,
+    seeds: list[str],
+    role: str,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
     return load_config(
         "local",
         {
@@ -72,6 +79,7 @@ def make_config(tmp: Path, node_id: str, dc: str, seeds: list[str], role: str) -
             "store.changelog_rows_max": 200_000,
             "keys.curve_dir": str(tmp / "curve"),
             "keys.trainer_public_key": str(tmp / "trainer.pub"),
+            **(overrides or {}),
         },
     )
 
@@ -126,8 +134,11 @@ class Bench:
         key_space: int,
         nodes_per_dc: int = NODES_PER_DC,
         signer: Signer | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
+        """``overrides``: config keys set on every member (the trainer too)."""
         self.tmp, self.rows, self.key_space = tmp, rows, key_space
+        self.overrides = dict(overrides or {})
         self.signer = signer if signer is not None else Signer.generate()
         self.names = [f"{dc}-n{i}" for dc in DCS for i in range(1, nodes_per_dc + 1)]
         for name in ("trainer", *self.names):
@@ -143,7 +154,7 @@ class Bench:
     # -- set-up ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        config = make_config(self.tmp, "trainer", "dc-t", [], "trainer")
+        config = make_config(self.tmp, "trainer", "dc-t", [], "trainer", self.overrides)
         self.trainer = NodeDriver(config, self.signer.verifier(), self.signer)
         addr = await self.trainer.start()
         self.dc_of_addr[addr] = "dc-t"
@@ -154,7 +165,7 @@ class Bench:
 
     async def start_node(self, name: str) -> NodeDriver:
         dc = name.split("-", maxsplit=1)[0]
-        config = make_config(self.tmp, name, dc, [self.seed], "node")
+        config = make_config(self.tmp, name, dc, [self.seed], "node", self.overrides)
         driver = NodeDriver(config, self.signer.verifier())
         addr = await driver.start()
         self.dc_of_addr[addr] = dc

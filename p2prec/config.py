@@ -391,6 +391,13 @@ class MeshConfig(_Section):
         "proportional to what was written; 0: every interval.",
         ge=0,
     )
+    wan_uplink_mbit: float = _key(
+        0.0,
+        "This host's WAN uplink in Mbit/s: every send to a member of another datacenter "
+        "waits in one FIFO for its serialisation delay (bytes / rate); 0: unlimited. Models "
+        "a bounded uplink when the whole mesh shares one host (benchmarks, chaos).",
+        ge=0,
+    )
 
     def check(self) -> None:
         if self.probe_timeout_s >= self.probe_interval_s:

@@ -255,9 +255,19 @@ def test_admin_calls_need_the_token_and_link_faults_take_effect(tmp_path: Path) 
 
         bad = [({"target": "dc:nowhere"}, "target"), ({"target": 5}, "target")]
         bad += [({"target": "x", "delay_ms": -5}, "delay_ms"), ({"target": "x", "drop": 1}, "drop")]
+        bad += [
+            ({"rate_kbit": -1}, "rate_kbit"),
+            ({"target": "dc:nowhere", "rate_kbit": 5}, "target"),
+        ]
+        bad += [({"rate_kbit": 5, "target": "x", "drop": 1}, "drop")]
         for request, name in bad:
             status, answer = await admin.send("POST", "/admin/link-fault", request, token=TOKEN)
             assert (status, answer.get("param")) == (400, name), request
+        assert a1.transport.wan_uplink_bytes_s == 0.0  # a refused call changes nothing
+        throttle = {"rate_kbit": 512}  # the WAN uplink alone: no target needed
+        status, answer = await admin.send("POST", "/admin/link-fault", throttle, token=TOKEN)
+        assert (status, answer) == (200, {"targets": [], "rate_kbit": 512})
+        assert a1.transport.wan_uplink_bytes_s == 64_000.0
 
         status, answer = await admin.send("POST", "/admin/link-fault", fault, token=TOKEN)
         assert status == 200 and answer["targets"] == [b1.transport.addr]
@@ -271,6 +281,7 @@ def test_admin_calls_need_the_token_and_link_faults_take_effect(tmp_path: Path) 
 
         status, _ = await admin.send("DELETE", "/admin/link-fault", token=TOKEN)
         assert status == 200
+        assert a1.transport.wan_uplink_bytes_s == 0.0  # back to mesh.wan_uplink_mbit
         await until(mesh.converged, "a1 caught up after the heal")
 
     run_mesh(tmp_path, body)

@@ -20,7 +20,7 @@ import zmq
 from p2prec.config import load_config
 from p2prec.core.effects import Route
 from p2prec.io.curve import generate_node_keys, load_keypair, load_public_key, public_key_file
-from p2prec.io.transport import Envelope, Transport, parse_envelope
+from p2prec.io.transport import Envelope, PeerClass, Transport, parse_envelope
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.limits import WireLimits
 from p2prec.wire.messages import ControlRequest, ShardSnapshot
@@ -308,6 +308,71 @@ def test_link_fault_delay_holds_outbound_messages(tmp_path: Path) -> None:
                 a.t.set_link_fault(b.addr, delay_s=-1)
 
     run(main())
+
+
+# --- WAN uplink --------------------------------------------------------------------------------
+
+
+def test_wan_uplink_holds_wan_sends_in_order_and_lan_sends_bypass_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        wan: set[str] = set()
+
+        def peer_class(addr: str) -> PeerClass:
+            return "wan" if addr in wan else "lan"
+
+        async with cluster(tmp_path, "a", "b", "c", peer_class=peer_class, queue_max=3) as nodes:
+            a, b, c = nodes
+            connect(a, b)
+            connect(a, c)
+            wan.add(b.addr)
+            a.t.set_wan_uplink(1.0)  # 1 byte/s: nothing leaves it during the test
+            for text in ("wan-1", "wan-2", "wan-3"):
+                assert a.t.send(b.addr, msg(text))
+            assert not a.t.send(b.addr, msg("wan-4"))  # queue_max messages for b: dropped
+            assert a.t.counters.queue_drops == 1
+            assert a.t.send(c.addr, msg("lan"))  # LAN: straight to its DEALER
+            await c.wait_for("lan")
+            assert a.t.counters.shaped == 3
+            queued, nbytes = a.t.uplink_backlog()
+            assert queued == 3 and nbytes > 0
+            assert a.t.counters.bytes_out["wan"] == 0 and b.inbox == []
+            a.t.set_wan_uplink(0)  # unlimited: what is queued leaves at once, in order
+            await eventually(lambda: len(b.inbox) == 3, "the queued WAN messages")
+            assert b.texts() == [b"wan-1", b"wan-2", b"wan-3"]
+            assert a.t.counters.bytes_out["wan"] == nbytes
+            assert a.t.uplink_backlog() == (0, 0)
+
+    run(main())
+
+
+def test_wan_uplink_releases_on_its_timer_and_forget_discards(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, "a", "b", peer_class=lambda _addr: "wan") as (a, b):
+            connect(a, b)
+            a.t.set_wan_uplink(10e6)
+            assert a.t.wan_uplink_bytes_s == 10e6
+            for i in range(20):
+                assert a.t.send(b.addr, msg(f"m{i}"))
+            await eventually(lambda: len(b.inbox) == 20, "every message through the uplink")
+            assert b.texts() == [f"m{i}".encode() for i in range(20)]
+            a.t.set_wan_uplink(1.0)
+            assert a.t.send(b.addr, msg("held"))
+            a.t.forget(b.addr)
+            assert a.t.uplink_backlog() == (0, 0)
+
+    run(main())
+
+
+def test_wan_uplink_from_config(tmp_path: Path) -> None:
+    generate_node_keys(tmp_path, "n")
+    base = {"node.id": "n", "keys.curve_dir": str(tmp_path)}
+    config = load_config("local", {**base, "mesh.wan_uplink_mbit": 8.0})
+    t = Transport.from_config(config, lambda _e, _f: None)
+    assert t.wan_uplink_bytes_s == 1e6
+    plain = Transport.from_config(load_config("local", base), lambda _e, _f: None)
+    assert plain.wan_uplink_bytes_s == 0.0
+    with pytest.raises(ValueError, match="rate_bytes_s"):
+        plain.set_wan_uplink(-1.0)
 
 
 # --- hostile input -----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Chaos on the local mesh of ``p2prec up``: signals by pid, the admin API for link faults.
 
 kill = SIGKILL (the supervisor restarts the member), pause = SIGSTOP, resume = SIGCONT.
-Partitions, WAN delay and poisoning use the members' admin HTTP API (bearer token from the run
-directory's plan); a build without the HTTP API cannot do them, and says so.
+Partitions, WAN delay, WAN throttling (each node's uplink to other datacenters shaped in its
+transport: ``rate_kbit`` of ``/admin/link-fault``) and poisoning use the members' admin HTTP API
+(bearer token from the run directory's plan); a build without the HTTP API cannot do them, and
+says so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from p2prec.localmesh.health import mesh_health
 from p2prec.localmesh.runfile import find_member, is_p2prec_process, read_mesh
 
 HTTP_TIMEOUT_S = 10.0  # pause publishes what is pending first: slow on a loaded host
-HTTP_ACTIONS = ("partition-dc", "delay-wan", "poison-trainer")
+HTTP_ACTIONS = ("partition-dc", "delay-wan", "throttle-wan", "poison-trainer")
 
 
 class LocalBackend:
@@ -39,8 +41,6 @@ class LocalBackend:
         return all(m.get("url") for m in self.mesh["members"])
 
     def supports(self, action: str) -> bool:
-        if action == "throttle-wan":
-            return False  # the link-fault API delays and drops; it does not shape bandwidth
         return action not in HTTP_ACTIONS or self.has_http()
 
     def apply(self, action: str, argument: str | None) -> Outcome:
@@ -54,13 +54,12 @@ class LocalBackend:
             "partition-dc": self._partition,
             "heal": self._heal,
             "delay-wan": self._delay,
+            "throttle-wan": self._throttle,
             "poison-trainer": self._poison,
         }
         return handlers[action](argument)
 
-    def _why(self, action: str) -> str:
-        if action == "throttle-wan":
-            return "no bandwidth shaping without network namespaces; use the compose backend"
+    def _why(self, _action: str) -> str:
         return "it needs the members' HTTP admin API, which this build lacks"
 
     # -- signals ----------------------------------------------------------------------------
@@ -153,6 +152,12 @@ class LocalBackend:
         ]
         done, failed = self._each_member(calls)
         return Outcome("delay-wan", done, "p2prec chaos heal", failed)
+
+    def _throttle(self, argument: str | None) -> Outcome:
+        rate_kbit = positive_int("throttle-wan", argument)
+        calls = [(m, "POST", "/admin/link-fault", {"rate_kbit": rate_kbit}) for m in self._nodes()]
+        done, failed = self._each_member(calls)
+        return Outcome("throttle-wan", done, "p2prec chaos heal", failed)
 
     def _poison(self, argument: str | None) -> Outcome:
         steps = positive_int("poison-trainer", argument)

@@ -18,6 +18,13 @@ the allow-list; the driver calls it when membership announces an address), ``add
 and learned from authenticated inbound messages (envelope ``from`` -> the key it authenticated
 with), so answers to a joining node need no announcement. Explicit entries win over learned
 ones. No key known: a counted drop (``unknown_key_drops``).
+
+WAN uplink (``wan_uplink_bytes_s`` > 0, from ``mesh.wan_uplink_mbit``): every send to a
+WAN-class peer (``peer_class(addr) == "wan"``: another datacenter) goes through one FIFO of this
+host's uplink (``p2prec.io.shaper.Uplink``) and reaches its DEALER when its serialisation delay
+(bytes / rate, after everything queued before it) has passed; LAN sends bypass it. Nothing is
+dropped there but past ``queue_max`` messages queued for one peer (``queue_drops``). A link
+fault applies when a message leaves the uplink (a delay then holds it further).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from p2prec.io.curve import (
     secret_key_file,
     watch_handshakes,
 )
+from p2prec.io.shaper import MBIT, Uplink
 from p2prec.log import get_logger
 from p2prec.wire.limits import DEFAULT_LIMITS, WireLimits
 
@@ -73,6 +81,8 @@ CLOSE_WAIT_S = 1.0
 _ROUTES = {r.value: r for r in Route}
 _PER_CLASS: Callable[[], dict[str, int]] = partial(dict, lan=0, wan=0)
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "::", "[::]")
+#: A message on the WAN uplink: (address, its key, frames, bytes).
+_Queued: TypeAlias = tuple[str, bytes, list[OutFrame], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,7 @@ class TransportCounters:
     internal_errors: int = 0  # a bug here, caught so that the receive loop goes on
     auth_denied: int = 0  # CURVE handshakes refused (key not in the allow-list)
     delayed: int = 0  # messages held by a link fault's delay
+    shaped: int = 0  # messages queued on the WAN uplink (mesh.wan_uplink_mbit)
     dealers_opened: int = 0
     dealers_closed: int = 0
 
@@ -168,10 +179,12 @@ class Transport:
         idle_timeout_s: float = 60.0,
         heartbeat_s: float = 1.0,
         refused_retry_s: float = 2.0,
+        wan_uplink_bytes_s: float = 0.0,
     ) -> None:
         """``on_message(envelope, frames)`` runs on the loop for every accepted message and must
         not block; ``peer_class(addr)`` must be cheap and must not raise. A peer that refuses
-        our handshake is not tried again for ``refused_retry_s``."""
+        our handshake is not tried again for ``refused_retry_s``. ``wan_uplink_bytes_s`` > 0
+        shapes sends to WAN-class peers (module docstring); 0: unlimited."""
         host = advertise_host or bind_host
         if host in _WILDCARD_HOSTS:
             raise ValueError(f"bind_host {bind_host!r} is a wildcard: give advertise_host")
@@ -199,6 +212,10 @@ class Transport:
         self._timer_ids = itertools.count()
         self._envelopes: dict[Route, bytes] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._uplink: Uplink[_Queued] | None = None
+        self._uplink_timer: asyncio.TimerHandle | None = None
+        if wan_uplink_bytes_s > 0:
+            self._uplink = Uplink(wan_uplink_bytes_s)
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._auth: CurveAuthenticator | None = None
@@ -218,6 +235,7 @@ class Transport:
             queue_max=config.mesh.queue_max,
             limits=config.wire_limits(),
             peer_class=peer_class,
+            wan_uplink_bytes_s=config.mesh.wan_uplink_mbit * MBIT,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -292,6 +310,7 @@ class Transport:
         """Close every socket, then the context: ``term`` blocks while any socket of the context
         is open, so each one is closed even if closing another fails."""
         with contextlib.ExitStack() as stack:
+            self._stop_uplink()
             for addr in list(self._timers):
                 self._cancel_delayed(addr)
             if self._ctx is not None:
@@ -330,6 +349,8 @@ class Transport:
         self._explicit.pop(addr, None)
         self._learned.pop(addr, None)
         self._cancel_delayed(addr)
+        if self._uplink is not None and self._uplink.discard(lambda a: a != addr):
+            self._rearm_uplink()
 
     def reload_allow_list(self) -> int:
         """Re-read ``curve_dir``'s ``*.key`` files (new nodes); returns how many are allowed.
@@ -396,6 +417,16 @@ class Transport:
         if fault is not None and fault.drop:
             self.counters.fault_drops += 1
             return False
+        if self._uplink is not None and self._peer_class(addr) == "wan":
+            return self._shape(addr, key, parts, size)
+        return self._dispatch(addr, key, parts, size, fault)
+
+    def _dispatch(
+        self, addr: str, key: bytes, parts: list[OutFrame], size: int, fault: LinkFault | None
+    ) -> bool:
+        if fault is not None and fault.drop:
+            self.counters.fault_drops += 1
+            return False
         if fault is not None and fault.delay_s > 0:
             return self._send_later(fault.delay_s, addr, key, parts, size)
         return self._send_now(addr, key, parts, size)
@@ -448,6 +479,78 @@ class Transport:
             self._timers.pop(addr, None)
         if self._state == "started":
             self._send_now(addr, key, parts, size)
+
+    # --- the WAN uplink --------------------------------------------------------------------------
+
+    @property
+    def wan_uplink_bytes_s(self) -> float:
+        """The WAN uplink's rate; 0: unlimited."""
+        return 0.0 if self._uplink is None else self._uplink.rate_bytes_s
+
+    def uplink_backlog(self) -> tuple[int, int]:
+        """Messages and bytes waiting on the WAN uplink."""
+        if self._uplink is None:
+            return 0, 0
+        return self._uplink.queued(), self._uplink.backlog_bytes()
+
+    def set_wan_uplink(self, rate_bytes_s: float) -> None:
+        """Shape WAN sends at ``rate_bytes_s`` from now on (queued messages too); 0: unlimited,
+        what is queued leaves at once, in order."""
+        if rate_bytes_s < 0:
+            raise ValueError(f"rate_bytes_s must be >= 0, got {rate_bytes_s}")
+        log.info("wan_uplink_set", rate_bytes_s=rate_bytes_s)
+        if rate_bytes_s > 0:
+            if self._uplink is None:
+                self._uplink = Uplink(rate_bytes_s)
+            else:
+                self._uplink.set_rate(rate_bytes_s)
+            self._rearm_uplink()
+            return
+        uplink, self._uplink = self._uplink, None
+        self._stop_uplink()
+        if uplink is not None and self._state == "started":
+            for queued in uplink.pop_due(float("inf")):
+                self._dispatch(*queued, self._fault_for(queued[0]))
+
+    def _shape(self, addr: str, key: bytes, parts: list[OutFrame], size: int) -> bool:
+        uplink = self._uplink
+        assert uplink is not None
+        if uplink.queued(addr) >= self._queue_max:
+            self._drop("queue_drops", "uplink_queue_full", peer=addr)
+            return False
+        uplink.push((addr, key, parts, size), addr, size, asyncio.get_running_loop().time())
+        self.counters.shaped += 1
+        if self._uplink_timer is None:
+            self._arm_uplink()
+        return True
+
+    def _arm_uplink(self) -> None:
+        at = None if self._uplink is None else self._uplink.next_release()
+        if at is not None:
+            self._uplink_timer = asyncio.get_running_loop().call_at(at, self._release_uplink)
+
+    def _rearm_uplink(self) -> None:
+        if self._uplink_timer is not None:
+            self._uplink_timer.cancel()
+            self._uplink_timer = None
+        if self._state == "started":
+            self._arm_uplink()
+
+    def _release_uplink(self) -> None:
+        """Timer: hand every message whose serialisation is over to its DEALER, in order."""
+        self._uplink_timer = None
+        if self._uplink is None or self._state != "started":
+            return
+        for queued in self._uplink.pop_due(asyncio.get_running_loop().time()):
+            self._dispatch(*queued, self._fault_for(queued[0]))
+        self._arm_uplink()
+
+    def _stop_uplink(self) -> None:
+        if self._uplink_timer is not None:
+            self._uplink_timer.cancel()
+            self._uplink_timer = None
+        if self._uplink is not None:
+            self._uplink.clear()
 
     def _cancel_delayed(self, addr: str) -> None:
         for handle in self._timers.pop(addr, {}).values():

@@ -6,8 +6,9 @@ GET  /v1/recommend       ?user=ID&k=N[&consistency=latest|validated]
 POST /v1/score           {"user": ID, "items": [ID, ...], "consistency": ...}
 GET  /v1/status          identity, versions, watermark, lag, peers, tree place, counters
 GET  /metrics            Prometheus exposition
-POST /admin/link-fault   {"target": ADDR | PREFIX | "dc:NAME", "drop": bool, "delay_ms": N}
-DELETE /admin/link-fault clear every link fault
+POST /admin/link-fault   {"target": ADDR | PREFIX | "dc:NAME", "drop": bool, "delay_ms": N,
+                         "rate_kbit": N (this node's WAN uplink; target then optional)}
+DELETE /admin/link-fault clear every link fault, the uplink back to mesh.wan_uplink_mbit
 """
 
 from __future__ import annotations
