@@ -21,7 +21,7 @@ import pytest
 from p2prec.core.deltalog import delta_key
 from p2prec.core.effects import Effect, Incoming, Note, Persist, Route, Send
 from p2prec.core.membership import Membership, MembershipConfig
-from p2prec.core.publisher import Publisher
+from p2prec.core.publisher import Publisher, StaleHead
 from p2prec.core.replica import Replica, ReplicaConfig
 from p2prec.core.sync import digest_of, request_for
 from p2prec.core.versions import VersionVector
@@ -940,3 +940,46 @@ def test_digest_of_another_shard_count_is_rejected_and_ticks_go_on() -> None:
     assert remote.node_id not in {v.digest.sender for v in lagging.peer_views()}
     pulls = sends(lagging.tick(t0 + 0.6), SyncRequest)
     assert [p.addr for p in pulls] == [local.addr]
+
+
+# -- the head's strong digests, in steps ----------------------------------------------------------
+
+
+def _head_after(deltas: Sequence[ParamDelta]) -> Publisher:
+    mesh = single_dc(1)
+    for delta in deltas:
+        mesh.publisher.publish(delta)
+    return mesh.publisher
+
+
+def test_a_stepped_validated_head_is_the_head_when_it_began_while_publishing_goes_on() -> None:
+    line = lineage(12, seed=4)
+    publisher = _head_after(line.deltas[:6])
+    job = publisher.begin_validated_head(7)
+    results = []
+    for delta in line.deltas[6:]:  # a delta published between every two steps
+        results.append(job.step(1))
+        publisher.publish(delta)
+    while (done := job.step(1)) is None:
+        pass
+    assert results[0] is None  # 1 shard per step: not done at once
+    expected = _head_after(line.deltas[:6]).validated_head(7)
+    assert done.vector == expected.vector == vec(line.states[6].vector)
+    assert done.shard_digests == expected.shard_digests and done.created_ms == 7
+    # The cache remembers them: the next head rehashes only the shards changed since.
+    assert (
+        publisher.validated_head(8).shard_digests
+        == _head_after(line.deltas).validated_head(8).shard_digests
+    )
+
+
+def test_a_rollback_under_a_stepped_validated_head_makes_it_stale() -> None:
+    line = lineage(8, seed=5)
+    publisher = _head_after(line.deltas)
+    job = publisher.begin_validated_head()
+    assert job.step(1) is None
+    publisher.publish_rollback(Rollback(vec(line.states[4].vector), 2))
+    with pytest.raises(StaleHead):
+        job.step(LAYOUT.n_shards)
+    fresh = publisher.validated_head()  # begun again: the rolled-back head
+    assert fresh.vector == vec(line.states[4].vector) and fresh.epoch == 2

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from p2prec.core.fencing import Signed
 from p2prec.core.membership import Membership
 from p2prec.core.membership_config import MembershipConfig
 from p2prec.core.membership_messages import from_body, to_body
-from p2prec.core.publisher import Publisher
+from p2prec.core.publisher import Publisher, StaleHead
 from p2prec.core.replica import Replica, ReplicaConfig
 from p2prec.io.persistence import NodeDisk
 from p2prec.io.transport import Envelope, PeerClass, Transport
@@ -53,6 +54,9 @@ STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
+DIGEST_STEP_SHARDS = 4  # shards hashed per loop turn by validated_head
+DIGEST_ATTEMPTS = 3  # stepped validated_head begun again at most this often, then at once
+CHECKPOINT_JITTER = 0.25  # share of mesh.checkpoint_interval_s each wait varies by
 CHECKPOINT_STEP_SHARDS = 8  # shards snapshotted per step of a checkpoint (one index scan)
 
 
@@ -125,6 +129,7 @@ class NodeDriver:
         self._checkpointing: asyncio.Task[None] | None = None
         self._logged_at_checkpoint = 0  # disk.bytes_logged when the last checkpoint began
         self._next_checkpoint = 0.0  # owner-task times (self.now())
+        self._jitter = random.Random()
         self._next_status = 0.0
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
@@ -289,6 +294,12 @@ class NodeDriver:
         self._checkpointed = baseline
         self.counters.checkpoints += 1
 
+    def _checkpoint_wait_s(self) -> float:
+        """The checkpoint interval, jittered by +-CHECKPOINT_JITTER: members started together
+        would otherwise checkpoint together, a burst of CPU and disk on a shared host."""
+        spread = 1.0 + CHECKPOINT_JITTER * (2.0 * self._jitter.random() - 1.0)
+        return self.config.mesh.checkpoint_interval_s * spread
+
     def _start_checkpoint(self) -> None:
         self._logged_at_checkpoint = self.disk.bytes_logged
         self._checkpointing = asyncio.create_task(self._checkpoint_in_steps())
@@ -367,7 +378,7 @@ class NodeDriver:
         os.replace(tmp, path)
 
     async def _run(self) -> None:
-        self._next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+        self._next_checkpoint = self.now() + self._checkpoint_wait_s()
         self._next_status = self.now()
         while not self._closed:
             try:
@@ -393,7 +404,7 @@ class NodeDriver:
             self._next_status = self.now() + STATUS_INTERVAL_S
             self.write_status()
         if self.now() >= self._next_checkpoint:
-            self._next_checkpoint = self.now() + self.config.mesh.checkpoint_interval_s
+            self._next_checkpoint = self.now() + self._checkpoint_wait_s()
             if self._checkpoint_due():
                 self._start_checkpoint()
         due = self._replica.next_deadline()
@@ -479,6 +490,23 @@ class NodeDriver:
         return "lan" if self._dc_of.get(addr) == self.config.node.dc else "wan"
 
     # -- publishing (the trainer) ---------------------------------------------------------------
+
+    async def validated_head(self, created_ms: int) -> Validated:
+        """``Publisher.validated_head`` a few shards per loop turn, so that the loop goes on
+        publishing, receiving and answering while the store is hashed; begun again when the
+        head moves under it (a rollback), and done at once after ``DIGEST_ATTEMPTS``."""
+        publisher = self._replica
+        if not isinstance(publisher, Publisher):
+            raise RuntimeError("only the trainer validates its head")
+        for _ in range(DIGEST_ATTEMPTS):
+            job = publisher.begin_validated_head(created_ms)
+            try:
+                while (validated := job.step(DIGEST_STEP_SHARDS)) is None:
+                    await asyncio.sleep(0)
+                return validated
+            except StaleHead as exc:
+                log.info("validated_head_restarted", reason=str(exc))
+        return publisher.validated_head(created_ms)
 
     def publish(self, msg: ParamDelta | Validated | Rollback) -> None:
         """Sign ``msg`` and publish it into the mesh (trainer only)."""

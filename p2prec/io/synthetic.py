@@ -63,12 +63,25 @@ async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
     rng = np.random.default_rng(stream.seed)
     loop = asyncio.get_running_loop()
     start, step = loop.time(), 0
-    while stream.steps == 0 or step < stream.steps:
-        created_ms = int(time.time() * 1000)  # wall clock, as ParamDelta.created_ms says
-        for delta in step_deltas(publisher, stream, rng, created_ms):
-            driver.publish(delta)
-        step += 1
-        if stream.validate_every and step % stream.validate_every == 0:
-            driver.publish(publisher.validated_head(created_ms))
-        await asyncio.sleep(max(0.0, start + step / stream.rate_per_s - loop.time()))
+    validating: asyncio.Task[None] | None = None
+    try:
+        while stream.steps == 0 or step < stream.steps:
+            created_ms = int(time.time() * 1000)  # wall clock, as ParamDelta.created_ms says
+            for delta in step_deltas(publisher, stream, rng, created_ms):
+                driver.publish(delta)
+            step += 1
+            due = stream.validate_every and step % stream.validate_every == 0
+            if due and (validating is None or validating.done()):  # one at a time, else skip
+                validating = asyncio.create_task(_validate(driver, created_ms))
+            await asyncio.sleep(max(0.0, start + step / stream.rate_per_s - loop.time()))
+        if validating is not None:
+            await validating  # the last validation lands before the stream reports its end
+    finally:
+        if validating is not None and not validating.done():
+            validating.cancel()
     return step
+
+
+async def _validate(driver: NodeDriver, created_ms: int) -> None:
+    """Validate the head as of now, hashed in steps while the stream goes on publishing."""
+    driver.publish(await driver.validated_head(created_ms))

@@ -22,7 +22,7 @@ from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
 from p2prec.model.rowhash import row_hashes
 from p2prec.model.steplog import DenseValue
-from p2prec.model.store import ParamStore, ShardRows
+from p2prec.model.store import ParamStore, ShardRows, ShardScan
 from p2prec.wire.messages import TableRows
 
 MAGIC = b"P2PSNAP1"
@@ -62,6 +62,19 @@ def strong_digests(
 
 
 Part = bytes | memoryview
+
+
+def scanned_strong_digests(
+    store: ParamStore, scan: ShardScan, shards: Sequence[int]
+) -> Iterator[tuple[int, bytes]]:
+    """``strong_digests`` of row shards read through ``scan`` (as of ``scan.at``); the caller
+    checks ``scan.readable`` first."""
+    for shard in shards:
+        version = int(scan.at[shard])
+        hasher = blake3()
+        for part in _rows_parts(shard, version, store.rows_from_scan(scan, shard)):
+            hasher.update(part)
+        yield shard, hasher.digest(32)
 
 
 def snapshot_parts(

@@ -69,6 +69,26 @@ class ShardRows:
 
 
 @dataclass(frozen=True, eq=False)
+class _TableScan:
+    keys: I64  # sorted by (shard, key)
+    slots: I64  # the slot holding each key's row at the scan's version
+    bounds: dict[int, tuple[int, int]]  # shard -> [lo, hi) in keys and slots
+
+
+@dataclass(frozen=True, eq=False)
+class ShardScan:
+    """Where some row shards' rows lie, as of per-shard versions (``ParamStore.scan_shards``)."""
+
+    at: I64  # packed version of every shard the scan reads (all n_shards entries)
+    rewrites: int  # the store's ``rewrites`` when scanned: a rollback or restore voids it
+    tables: dict[str, _TableScan]
+
+    def readable(self, store: ParamStore, shard: int) -> bool:
+        """True while the scan's slots of ``shard`` still hold its rows at ``at[shard]``."""
+        return store.rewrites == self.rewrites and store.can_read_at(shard, int(self.at[shard]))
+
+
+@dataclass(frozen=True, eq=False)
 class ShardChanges:
     """Rows of one shard changed in ``(since, version]``, latest values only."""
 
@@ -103,6 +123,7 @@ class ParamStore:
         self._digests = np.zeros(n, dtype=np.uint64)
         self.log = StepLog(n, undo_rows_max, history_rows_max)
         self._tree: MerkleTree | None = None
+        self.rewrites = 0  # rollbacks and shard replacements: they free rows a scan may hold
 
     # -- state -------------------------------------------------------------------------------
 
@@ -302,6 +323,7 @@ class ParamStore:
         self._dirty()
 
     def _roll_back_shard(self, shard: int, to: int) -> None:
+        self.rewrites += 1
         for record in self.log.pop_newer(shard, to):
             for name, slots in record.slots.items():
                 table = self.tables[name]
@@ -380,6 +402,7 @@ class ParamStore:
         dense: Mapping[str, DenseValue],
     ) -> None:
         """Replace one shard's whole content (snapshot restore or full-shard catch-up)."""
+        self.rewrites += 1
         if shard == self.layout.dense_shard:
             self.dense.replace_all(dense)
         else:
@@ -412,27 +435,46 @@ class ParamStore:
     def rows_of_shards(self, shards: Sequence[int], at: int | None = None) -> dict[int, ShardRows]:
         """``shard_rows`` of many row shards, with their digests, for one scan of each table's
         index (a scan per shard would cost shards x capacity)."""
+        versions = None if at is None else np.full(self.layout.n_shards, at, dtype=np.int64)
+        scan = self.scan_shards(shards, versions)
+        return {s: self.rows_from_scan(scan, s) for s in shards}
+
+    def scan_shards(self, shards: Sequence[int], at: I64 | None = None) -> ShardScan:
+        """Where the rows of ``shards`` lie, now or as of the per-shard versions ``at``: one
+        scan of each table's index. ``rows_from_scan`` reads them later, exactly while
+        ``scan.readable(store)`` holds (writes go to fresh slots; the slots a scan found are
+        freed only when undo is released, which moves ``undo_floor`` past ``at``)."""
         wanted = np.zeros(self.layout.n_shards, dtype=bool)
         wanted[list(shards)] = True
-        out = {s: ShardRows({}, 0) for s in shards}
+        shard_array = np.asarray(shards, dtype=np.int64)
+        tables = {}
         for name, table in self.tables.items():
             keys, slots = table.live_slots()
             mine = wanted[table.slot_shard[slots]]
             keys, slots = keys[mine], slots[mine]
             if at is not None:
-                slots = table.slots_at(keys, np.full(self.layout.n_shards, at, dtype=np.int64))
+                slots = table.slots_at(keys, at)
                 keys, slots = keys[slots >= 0], slots[slots >= 0]
             keys, slots, key_shards = _by_shard_then_key(keys, slots, table.slot_shard[slots])
-            bounds = np.searchsorted(key_shards, np.asarray(shards), side="left")
-            ends = np.searchsorted(key_shards, np.asarray(shards), side="right")
-            for shard, lo, hi in zip(shards, bounds.tolist(), ends.tolist(), strict=True):
-                part = slots[lo:hi]
-                out[shard].tables[name] = TableRows(
-                    keys[lo:hi], table.slot_version[part], table.rows[part]
-                )
-                out[shard].digest += int(table.slot_hash[part].sum(dtype=np.uint64))
-        for rows in out.values():
-            rows.digest %= 1 << 64
+            lo = np.searchsorted(key_shards, shard_array, side="left").tolist()
+            hi = np.searchsorted(key_shards, shard_array, side="right").tolist()
+            bounds = dict(zip(shards, zip(lo, hi, strict=True), strict=True))
+            tables[name] = _TableScan(keys, slots, bounds)
+        versions = self._vector.copy() if at is None else at.copy()
+        return ShardScan(versions, self.rewrites, tables)
+
+    def rows_from_scan(self, scan: ShardScan, shard: int) -> ShardRows:
+        """The rows of ``shard`` at the scan's version, sorted by key, with their digest."""
+        out = ShardRows({}, 0)
+        for name, part_scan in scan.tables.items():
+            table = self.tables[name]
+            lo, hi = part_scan.bounds[shard]
+            part = part_scan.slots[lo:hi]
+            out.tables[name] = TableRows(
+                part_scan.keys[lo:hi], table.slot_version[part], table.rows[part]
+            )
+            out.digest += int(table.slot_hash[part].sum(dtype=np.uint64))
+        out.digest %= 1 << 64
         return out
 
     def dense_values(self, at: int | None = None) -> dict[str, DenseValue]:
