@@ -24,7 +24,8 @@ from p2prec.chaos.local import LocalBackend
 from p2prec.cli import main
 from p2prec.core.versions import Version
 from p2prec.localmesh.health import deltas_behind, mesh_health
-from p2prec.localmesh.runfile import pid_alive, read_mesh, write_mesh
+from p2prec.localmesh.runfile import mesh_pids, pid_alive, read_mesh, write_mesh
+from p2prec.proof.scenario import run_cli
 
 UP_DEADLINE_S = 60.0
 RESTART_DEADLINE_S = 20.0
@@ -39,14 +40,7 @@ SMALL_MESH = [
 ]
 
 
-def p2prec(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "p2prec.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+p2prec = run_cli
 
 
 def until(condition: Callable[[], bool], what: str, deadline_s: float) -> None:
@@ -65,9 +59,7 @@ class SeenPids:
 
     def refresh(self) -> dict[str, Any]:
         mesh = read_mesh(self.run_dir)
-        self.pids |= {int(m["pid"]) for m in mesh["members"] if m.get("pid")}
-        if mesh.get("supervisor_pid"):
-            self.pids.add(int(mesh["supervisor_pid"]))
+        self.pids |= mesh_pids(mesh)
         return mesh
 
     def kill_leftovers(self) -> None:

@@ -14,9 +14,9 @@ from p2prec.config import Config, load_config
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
 from p2prec.model.store import ParamStore
-from p2prec.trainer.head import DriverHead, Head, Published, StoreHead
+from p2prec.trainer.head import DriverHead, Head, HeadWrapper, Published, StoreHead
 from p2prec.trainer.runtime import Trainer, build_trainer
-from p2prec.wire.messages import ParamDelta, Validated
+from p2prec.wire.messages import ParamDelta
 from p2prec.wire.signing import Signer
 
 torch.set_num_threads(1)
@@ -100,31 +100,16 @@ class TrainerProcess:
         await self.driver.close()
 
 
-class RecordingHead:
+class RecordingHead(HeadWrapper):
     """A head that keeps every message published through it."""
 
     def __init__(self, head: Head) -> None:
-        self.inner = head
+        super().__init__(head)
         self.published: list[Published] = []
-
-    @property
-    def store(self) -> ParamStore:
-        return self.inner.store
-
-    @property
-    def epoch(self) -> int:
-        return self.inner.epoch
-
-    @property
-    def shard_groups(self) -> int:
-        return self.inner.shard_groups
 
     def publish(self, msg: Published) -> None:
         self.published.append(msg)
         self.inner.publish(msg)
-
-    def validated_head(self, created_ms: int) -> Validated:
-        return self.inner.validated_head(created_ms)
 
 
 def issued(delta: ParamDelta) -> list[tuple[int, int]]:

@@ -81,6 +81,14 @@ def member_pids(mesh: dict[str, Any]) -> list[int]:
     return [int(m["pid"]) for m in mesh["members"] if m.get("pid")]
 
 
+def mesh_pids(mesh: dict[str, Any]) -> set[int]:
+    """Every pid ``mesh.json`` names: the members' and the supervisor's."""
+    pids = set(member_pids(mesh))
+    if mesh.get("supervisor_pid"):
+        pids.add(int(mesh["supervisor_pid"]))
+    return pids
+
+
 def find_member(mesh: dict[str, Any], member_id: str) -> dict[str, Any]:
     for member in mesh["members"]:
         if member["id"] == member_id:

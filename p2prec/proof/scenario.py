@@ -21,7 +21,7 @@ from typing import Any
 
 from p2prec.chaos.local import LocalBackend
 from p2prec.localmesh.health import http_get
-from p2prec.localmesh.runfile import pid_alive, read_mesh
+from p2prec.localmesh.runfile import mesh_pids, pid_alive, read_mesh
 from p2prec.proof.checker import check_all, lost_updates
 from p2prec.proof.observe import Observer, Sample
 from p2prec.proof.record import Record, read_record
@@ -57,7 +57,7 @@ class MeshScenario:
     def up(self, deadline_s: float) -> None:
         command = ["up", "--detach", "--run-dir", str(self.run_dir), "--trainer", "torch"]
         command += ["--restart-delay-s", "0.5", "--ready-deadline-s", str(deadline_s)]
-        done = _p2prec(*command, *self.settings, timeout_s=deadline_s + 60)
+        done = run_cli(*command, *self.settings, timeout_s=deadline_s + 60)
         self.refresh()
         if done.returncode != 0:
             raise ScenarioError(f"p2prec up failed: {done.stdout}{done.stderr}")
@@ -68,9 +68,7 @@ class MeshScenario:
     def refresh(self) -> dict[str, Any]:
         """mesh.json, remembering every pid it names."""
         mesh = read_mesh(self.run_dir)
-        self.pids |= {int(m["pid"]) for m in mesh["members"] if m.get("pid")}
-        if mesh.get("supervisor_pid"):
-            self.pids.add(int(mesh["supervisor_pid"]))
+        self.pids |= mesh_pids(mesh)
         return mesh
 
     def down(self) -> list[int]:
@@ -78,7 +76,7 @@ class MeshScenario:
         self.observer.stop()
         if (self.run_dir / "mesh.json").exists():
             self.refresh()
-            _p2prec("down", "--run-dir", str(self.run_dir), timeout_s=60)
+            run_cli("down", "--run-dir", str(self.run_dir), timeout_s=60)
         left = [pid for pid in self.pids if pid_alive(pid)]
         for pid in left:
             os.kill(pid, signal.SIGKILL)
@@ -199,7 +197,8 @@ def _converged(finals: dict[str, Sample], nodes: int) -> bool:
     return all(s.vector == trainer.vector and s.root == trainer.root for s in held)
 
 
-def _p2prec(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """``p2prec ARGS`` in a child process (this interpreter), its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "p2prec.cli", *args],
         capture_output=True,

@@ -102,3 +102,28 @@ class StoreHead:
 
     def validated_head(self, created_ms: int) -> Validated:
         return Validated(self._store.vector, self._epoch, created_ms)
+
+
+class HeadWrapper:
+    """A ``Head`` that passes everything to ``inner``; subclasses add to ``publish``."""
+
+    def __init__(self, inner: Head) -> None:
+        self.inner = inner
+
+    @property
+    def store(self) -> ParamStore:
+        return self.inner.store
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    @property
+    def shard_groups(self) -> int:
+        return self.inner.shard_groups
+
+    def publish(self, msg: Published) -> None:
+        self.inner.publish(msg)
+
+    def validated_head(self, created_ms: int) -> Validated:
+        return self.inner.validated_head(created_ms)

@@ -26,7 +26,7 @@ from typing import IO, Any
 import orjson
 
 from p2prec.model.store import ParamStore
-from p2prec.trainer.head import Head, Published
+from p2prec.trainer.head import Head, HeadWrapper, Published
 from p2prec.wire.messages import ParamDelta, Validated
 
 JOURNAL_FILE = "published.jsonl"  # in node.data_dir
@@ -60,26 +60,14 @@ def head_entry(store: ParamStore, epoch: int, after: str) -> dict[str, Any]:
     }
 
 
-class JournalHead:
+class JournalHead(HeadWrapper):
     """A ``Head`` that journals every message before passing it on (see module docstring)."""
 
     def __init__(self, head: Head, path: Path) -> None:
-        self.inner = head
+        super().__init__(head)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] = path.open("ab")
-
-    @property
-    def store(self) -> ParamStore:
-        return self.inner.store
-
-    @property
-    def epoch(self) -> int:
-        return self.inner.epoch
-
-    @property
-    def shard_groups(self) -> int:
-        return self.inner.shard_groups
 
     def publish(self, msg: Published) -> None:
         self._write(message_entry(msg, self.inner.epoch))
@@ -87,9 +75,6 @@ class JournalHead:
         if not isinstance(msg, ParamDelta):
             after = "validated" if isinstance(msg, Validated) else "rollback"
             self._write(head_entry(self.inner.store, self.inner.epoch, after))
-
-    def validated_head(self, created_ms: int) -> Validated:
-        return self.inner.validated_head(created_ms)
 
     def _write(self, entry: dict[str, Any]) -> None:
         line = {**entry, "t_s": round(time.time(), 4), "pid": os.getpid()}
