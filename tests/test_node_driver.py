@@ -6,6 +6,7 @@ Everything runs in one asyncio loop in this process; conditions are awaited with
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -217,6 +218,18 @@ def test_a_digest_naming_another_node_than_its_sender_is_dropped(tmp_path: Path)
         assert "b1" not in {v.digest.sender for v in node.replica.peer_views()}
 
     run(tmp_path, body)
+
+
+def test_a_started_node_moves_its_heap_out_of_the_cyclic_collector(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        gc.unfreeze()
+        await mesh.start_trainer()
+        assert gc.get_freeze_count() > 0  # full collections no longer scan the store
+
+    try:
+        run(tmp_path, body)
+    finally:
+        gc.unfreeze()
 
 
 def test_validation_and_rollback_travel_the_mesh(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -64,6 +65,15 @@ def rolled_back_to_watermark(store: ParamStore, rollback: Rollback) -> bool:
     """True when ``rollback`` took the store to its validation watermark (the head is then a
     validated state, which may be announced as validated again in the new epoch)."""
     return rollback.to == store.watermark and store.vector == store.watermark
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the store, its step records, the delta log) out of the
+    cyclic collector's generations (``gc.freeze``, as Instagram's servers do after start-up):
+    a full collection scanned them all, 45-56 ms of a node that answers queries. They are
+    still freed by reference counting (none of them form cycles). After recovery and after
+    every checkpoint."""
+    gc.freeze()
 
 
 def replica_config(config: Config) -> ReplicaConfig:
@@ -177,6 +187,7 @@ class NodeDriver:
             np.random.default_rng(),
         )
         self._recover()
+        freeze_heap()
         self._task = asyncio.create_task(self._run(), name="p2prec-node")
         log.info(
             "node_started",
@@ -336,6 +347,7 @@ class NodeDriver:
         self._checkpointing = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("checkpoint_failed", exc_info=exc)
+        freeze_heap()
 
     def _mark_checkpointed(self) -> None:
         store = self._replica.store
