@@ -18,11 +18,15 @@ import pytest
 
 from p2prec.config import Config, load_config
 from p2prec.core.effects import Route
+from p2prec.core.publisher import Publisher
 from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
+from p2prec.io.synthetic import SyntheticStream, step_deltas
 from p2prec.io.transport import Envelope
+from p2prec.model.scoring import top_k
+from p2prec.serve.nodeview import missing_model
 from p2prec.sim.lineage import make_delta
 from p2prec.wire.codec import encode
 from p2prec.wire.messages import Rollback, Validated
@@ -230,6 +234,23 @@ def test_a_started_node_moves_its_heap_out_of_the_cyclic_collector(tmp_path: Pat
         run(tmp_path, body)
     finally:
         gc.unfreeze()
+
+
+def test_a_synthetic_stream_gives_a_node_a_model_it_can_serve(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        assert mesh.trainer is not None
+        publisher = mesh.trainer.replica
+        assert isinstance(publisher, Publisher)
+        for delta in step_deltas(publisher, SyntheticStream(rows=20), np.random.default_rng(0), 1):
+            mesh.trainer.publish(delta)
+        store = publisher.store
+        assert missing_model(publisher) == ""  # rows and every dense tensor of the tower
+        ranking = top_k(store, user=int(store.keys("user")[0]), k=3)
+        assert ranking.user_found and ranking.items.size == 3
+        assert np.isfinite(ranking.logits).all()
+
+    run(tmp_path, body)
 
 
 def test_validation_and_rollback_travel_the_mesh(tmp_path: Path) -> None:

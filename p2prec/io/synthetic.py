@@ -1,7 +1,7 @@
 """A synthetic delta stream for the trainer's publisher: benchmarks, tests and demos of the
 mesh before (or without) the torch trainer. Each step touches ``rows`` random ids per table,
-split into one signed delta per shard group; every ``validate_every`` steps the head is
-validated."""
+split into one signed delta per shard group, with random dense weights of the served model's
+shapes (so nodes can answer queries); every ``validate_every`` steps the head is validated."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from p2prec.core.publisher import Publisher
 from p2prec.core.tree import group_of_shard
 from p2prec.io.node import NodeDriver
 from p2prec.model.keyhash import shard_of, table_salt
+from p2prec.model.scoring import B1, B2, BIAS, W1, W2
 from p2prec.sim.lineage import make_delta
 from p2prec.wire.messages import ParamDelta
+
+SYNTHETIC_HIDDEN = 16  # hidden units of the synthetic stream's user tower
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,22 @@ def step_deltas(
         delta = make_delta(
             layout, store.vector.packed, by_group[g], with_dense, rng, publisher.fencing.epoch
         )
+        dense = tower_tensors(layout.dim, rng) if with_dense else {}
         deltas.append(
-            ParamDelta(
-                delta.shards, delta.bases, delta.versions, delta.tables, delta.dense, created_ms
-            )
+            ParamDelta(delta.shards, delta.bases, delta.versions, delta.tables, dense, created_ms)
         )
     return deltas
+
+
+def tower_tensors(dim: int, rng: np.random.Generator) -> dict[str, npt.NDArray[np.float32]]:
+    """Random dense weights of the served model's shapes (``p2prec.model.scoring``), small
+    enough to keep scores finite: with them a node of a synthetic mesh can answer queries."""
+    shapes = {W1: (dim, SYNTHETIC_HIDDEN), B1: (SYNTHETIC_HIDDEN,), W2: (SYNTHETIC_HIDDEN, dim)}
+    shapes |= {B2: (dim,), BIAS: (1,)}
+    return {
+        name: (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        for name, shape in shapes.items()
+    }
 
 
 async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
