@@ -21,12 +21,14 @@ import asyncio
 import os
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from p2prec.localmesh.health import http_get
 from p2prec.proof.rogue import (
     STATUS_STALE_S,
     Capture,
@@ -47,6 +49,7 @@ pytestmark = pytest.mark.chaos
 UP_DEADLINE_S = 60.0
 STREAM_DEADLINE_S = 30.0
 STEP_DEADLINE_S = 15.0  # for one attack's answers, counters or epochs to show
+PAUSE_ATTEMPTS = 5  # pauses tried until one leaves deltas above the watermark
 CONVERGE_DEADLINE_S = 60.0
 CONVERGE_BOUND_S = 30.0
 GARBAGE_PER_TARGET = 60
@@ -100,6 +103,30 @@ def admin(mesh: MeshScenario, member: dict[str, Any], path: str) -> dict[str, An
         assert answer.status == 200, f"{path}: {answer.status}"
         body: dict[str, Any] = orjson.loads(answer.read())
         return body
+
+
+def pause_with_an_unvalidated_tail(mesh: MeshScenario, trainer: dict[str, Any]) -> None:
+    """Pause the trainer at a head above its watermark (deltas to capture and fence): a pause
+    right after a validation has none, so resume until one more delta, and pause again."""
+    for _ in range(PAUSE_ATTEMPTS):
+        admin(mesh, trainer, "/admin/pause")
+        status = trainer_status(trainer)
+        if status.get("vector") != status.get("watermark"):
+            return
+        admin(mesh, trainer, "/admin/resume")
+        mesh.wait(partial(published_past, trainer, status), "a delta", STEP_DEADLINE_S)
+    raise AssertionError(f"every pause of {PAUSE_ATTEMPTS} landed on a validated head")
+
+
+def trainer_status(trainer: dict[str, Any]) -> dict[str, Any]:
+    code, body = http_get(f"{trainer['url']}/v1/status")
+    assert code == 200, f"trainer /v1/status: {code}"
+    return body or {}
+
+
+def published_past(trainer: dict[str, Any], status: dict[str, Any]) -> bool:
+    total = int(trainer_status(trainer).get("total_versions", 0))
+    return total > int(status.get("total_versions", 0))
 
 
 # -- the rogue's phases (each in its own event loop) ------------------------------------------
@@ -222,7 +249,7 @@ def test_a_rogue_peer_changes_nothing_and_crashes_nothing(mesh: MeshScenario) ->
     mesh.note(f"{evict} seen dead by a peer: {evicted}")
 
     trainer = mesh.trainer()
-    admin(mesh, trainer, "/admin/pause")
+    pause_with_an_unvalidated_tail(mesh, trainer)
     capture = asyncio.run(capture_phase(mesh.run_dir))
     mesh.note(f"captured {len(capture.deltas)} deltas above the watermark; rollback")
     assert capture.deltas, "no delta above the watermark to fence"
