@@ -88,7 +88,10 @@ def main() -> None:
         "learning the members: early deltas reach nodes by catch-up)",
     )
     parser.add_argument(
-        "--validate-every", type=int, default=20, help="trainer validates every N steps (0: never)"
+        "--validate-every",
+        type=int,
+        default=100,
+        help="trainer validates every N steps (0: never; 100 as trainer.validate_every_steps)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
