@@ -9,14 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_trainer_support import TrainerProcess, node_config, small_config, store_trainer
 
+from p2prec.core.publisher import StaleHead
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver
 from p2prec.model.scoring import ITEM_TABLE, USER_TABLE
 from p2prec.model.store import ParamStore
 from p2prec.trainer.runtime import Trainer
 from p2prec.trainer.validator import Outcome
+from p2prec.wire.messages import Validated
 
 VALIDATE_EVERY = 20
 DEADLINE_S = 20.0
@@ -100,6 +103,48 @@ def test_a_node_of_the_mesh_rolls_back_with_the_trainer(tmp_path: Path) -> None:
             assert replica.store.vector == head.vector
         finally:
             await node.close()
+            await process.close()
+
+    asyncio.run(body())
+
+
+def test_run_validates_with_the_digests_hashed_in_steps(tmp_path: Path) -> None:
+    async def body() -> None:
+        process = TrainerProcess(tmp_path, trainer__validate_every_steps=VALIDATE_EVERY)
+        trainer = await process.start()
+        try:
+            await trainer.run(steps=2 * VALIDATE_EVERY)
+            assert trainer.counters.validations == 2
+            store = trainer.head.store
+            signed = process.driver.replica.fencing.validated if process.driver.replica else None
+            assert signed is not None and isinstance(signed.msg, Validated)
+            # The last step validated: the head is what was hashed in steps, and the digests
+            # are the ones hashed at once for the same content.
+            assert store.vector == store.watermark == signed.msg.vector
+            assert signed.msg.shard_digests == trainer.head.validated_head(0).shard_digests
+        finally:
+            await process.close()
+
+    asyncio.run(body())
+
+
+def test_a_rollback_while_the_head_is_hashed_skips_that_validation(tmp_path: Path) -> None:
+    async def body() -> None:
+        process = TrainerProcess(tmp_path, trainer__validate_every_steps=0)
+        trainer = await process.start()
+        try:
+            for _ in range(VALIDATE_EVERY):
+                trainer.train_step()
+            trainer.validate()  # a watermark to roll back to
+            for _ in range(VALIDATE_EVERY):
+                trainer.train_step()
+            trainer.publish(force_dense=True)
+            stepped = asyncio.create_task(trainer.head.validated_head_stepped(0))
+            await asyncio.sleep(0)  # the job has begun and hashed its first shards
+            trainer.roll_back()
+            with pytest.raises(StaleHead):
+                await stepped
+        finally:
             await process.close()
 
     asyncio.run(body())

@@ -503,21 +503,25 @@ class NodeDriver:
 
     # -- publishing (the trainer) ---------------------------------------------------------------
 
-    async def validated_head(self, created_ms: int) -> Validated:
+    async def validated_head(self, created_ms: int, attempts: int = DIGEST_ATTEMPTS) -> Validated:
         """``Publisher.validated_head`` a few shards per loop turn, so that the loop goes on
-        publishing, receiving and answering while the store is hashed; begun again when the
-        head moves under it (a rollback), and done at once after ``DIGEST_ATTEMPTS``."""
+        publishing, receiving and answering while the store is hashed. When the head moves
+        under it (a rollback): begun again at the new head, up to ``attempts`` times, then
+        done at once; with ``attempts=1`` it raises ``StaleHead`` instead (a validator that
+        judged the old head must not validate the new one)."""
         publisher = self._replica
         if not isinstance(publisher, Publisher):
             raise RuntimeError("only the trainer validates its head")
-        for _ in range(DIGEST_ATTEMPTS):
+        for attempt in range(1, attempts + 1):
             job = publisher.begin_validated_head(created_ms)
             try:
                 while (validated := job.step(DIGEST_STEP_SHARDS)) is None:
                     await asyncio.sleep(0)
                 return validated
             except StaleHead as exc:
-                log.info("validated_head_restarted", reason=str(exc))
+                if attempts == 1:
+                    raise
+                log.info("validated_head_restarted", attempt=attempt, reason=str(exc))
         return publisher.validated_head(created_ms)
 
     def publish(self, msg: ParamDelta | Validated | Rollback) -> None:

@@ -32,6 +32,11 @@ class Head(Protocol):
 
     def validated_head(self, created_ms: int) -> Validated: ...
 
+    async def validated_head_stepped(self, created_ms: int) -> Validated:
+        """``validated_head`` hashed a few shards per loop turn; ``StaleHead`` when the head
+        was rolled back meanwhile."""
+        ...
+
 
 class DriverHead:
     """The trainer's ``NodeDriver``: signs, logs to disk, sends one copy per datacenter."""
@@ -59,6 +64,9 @@ class DriverHead:
 
     def validated_head(self, created_ms: int) -> Validated:
         return self.publisher.validated_head(created_ms)
+
+    async def validated_head_stepped(self, created_ms: int) -> Validated:
+        return await self.driver.validated_head(created_ms, attempts=1)
 
 
 class StoreHead:
@@ -103,6 +111,9 @@ class StoreHead:
     def validated_head(self, created_ms: int) -> Validated:
         return Validated(self._store.vector, self._epoch, created_ms)
 
+    async def validated_head_stepped(self, created_ms: int) -> Validated:
+        return self.validated_head(created_ms)
+
 
 class HeadWrapper:
     """A ``Head`` that passes everything to ``inner``; subclasses add to ``publish``."""
@@ -127,3 +138,6 @@ class HeadWrapper:
 
     def validated_head(self, created_ms: int) -> Validated:
         return self.inner.validated_head(created_ms)
+
+    async def validated_head_stepped(self, created_ms: int) -> Validated:
+        return await self.inner.validated_head_stepped(created_ms)

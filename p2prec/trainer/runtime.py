@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2prec.config import Config, TrainerConfig
+from p2prec.core.publisher import StaleHead
 from p2prec.log import get_logger
 from p2prec.model.scoring import ITEM_TABLE, USER_TABLE
 from p2prec.trainer.batch import BatchSource
@@ -34,7 +35,7 @@ from p2prec.trainer.learner import LearnerSpec, OnlineLearner, resolve_device
 from p2prec.trainer.poison import Poison
 from p2prec.trainer.stream import StreamSpec, SyntheticStream
 from p2prec.trainer.validator import Holdout, Outcome, ValidationSpec, Validator, Verdict
-from p2prec.wire.messages import Rollback
+from p2prec.wire.messages import Rollback, Validated
 
 I64 = npt.NDArray[np.int64]
 CHECKPOINT_FILE = "trainer.pt"  # in node.data_dir
@@ -98,6 +99,8 @@ class Trainer:
         self.last_verdict: Verdict | None = None
         self._unpaused = asyncio.Event()  # cleared by pause(): run() waits on it
         self._unpaused.set()
+        self._validate_in_run = False  # inside run(): validations wait for the step's end
+        self._validation_due = False
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -159,7 +162,10 @@ class Trainer:
         if self._publication_due():
             self.publish()
         if config.validate_every_steps and steps % config.validate_every_steps == 0:
-            self.validate()
+            if self._validate_in_run:
+                self._validation_due = True  # ``run`` validates, hashing the head in steps
+            else:
+                self.validate()
         if self.checkpoint_path is not None and steps % config.checkpoint_every_steps == 0:
             self.checkpoint()
 
@@ -176,17 +182,24 @@ class Trainer:
         loop = asyncio.get_running_loop()
         start, done, samples = loop.time(), 0, 0
         rate = self.config.samples_per_s_max
-        while steps == 0 or done < steps:
-            if self.paused:
-                await self._unpaused.wait()
-                start, samples = loop.time(), 0  # the rate bound restarts after a pause
-            before = self.counters.samples_trained + self.counters.samples_held_out
-            if not self.train_step():
-                break
-            done += 1
-            samples += self.counters.samples_trained + self.counters.samples_held_out - before
-            delay = start + samples / rate - loop.time() if rate > 0 else 0.0
-            await asyncio.sleep(max(0.0, delay))
+        self._validate_in_run = True
+        try:
+            while steps == 0 or done < steps:
+                if self.paused:
+                    await self._unpaused.wait()
+                    start, samples = loop.time(), 0  # the rate bound restarts after a pause
+                before = self.counters.samples_trained + self.counters.samples_held_out
+                if not self.train_step():
+                    break
+                if self._validation_due:
+                    self._validation_due = False
+                    await self.validate_stepped()
+                done += 1
+                samples += self.counters.samples_trained + self.counters.samples_held_out - before
+                delay = start + samples / rate - loop.time() if rate > 0 else 0.0
+                await asyncio.sleep(max(0.0, delay))
+        finally:
+            self._validate_in_run = False
         self.publish(force_dense=True)
         return done
 
@@ -235,20 +248,48 @@ class Trainer:
 
     def validate(self) -> Verdict:
         """Publish what is pending, then judge the head: Validated, Rollback, or nothing."""
+        verdict = self._judge()
+        if verdict.outcome is Outcome.PASS:
+            self._validated(self.head.validated_head(self.clock_ms()), verdict)
+        else:
+            self._not_passed(verdict)
+        return verdict
+
+    async def validate_stepped(self) -> Verdict:
+        """``validate``, the passed head's digests hashed a few shards per loop turn (the mesh
+        driver and the HTTP API go on meanwhile). A rollback meanwhile (an admin call) leaves
+        another head than the one judged: that validation is skipped."""
+        verdict = self._judge()
+        if verdict.outcome is not Outcome.PASS:
+            self._not_passed(verdict)
+            return verdict
+        try:
+            validated = await self.head.validated_head_stepped(self.clock_ms())
+        except StaleHead as exc:
+            self.counters.validations_skipped += 1
+            log.info("validation_skipped", reason=str(exc))
+            return verdict
+        self._validated(validated, verdict)
+        return verdict
+
+    def _judge(self) -> Verdict:
         self.publish(force_dense=True)
         verdict = self.validator.judge(self.head.store, self.holdout.samples())
         self.last_verdict = verdict
+        return verdict
+
+    def _validated(self, validated: Validated, verdict: Verdict) -> None:
+        self.head.publish(validated)
+        self.counters.validations += 1
+        log.info("head_validated", epoch=self.head.epoch, **_verdict_fields(verdict))
+
+    def _not_passed(self, verdict: Verdict) -> None:
         fields = _verdict_fields(verdict)
-        if verdict.outcome is Outcome.PASS:
-            self.head.publish(self.head.validated_head(self.clock_ms()))
-            self.counters.validations += 1
-            log.info("head_validated", epoch=self.head.epoch, **fields)
-        elif verdict.outcome is Outcome.FAIL:
+        if verdict.outcome is Outcome.FAIL:
             self.roll_back()
             log.warning("head_rolled_back", epoch=self.head.epoch, **fields)
         else:
             self.counters.validations_skipped += 1
-        return verdict
 
     def roll_back(self) -> None:
         """Roll the head back to the validation watermark in a new epoch, and continue from
