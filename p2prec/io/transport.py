@@ -71,9 +71,10 @@ ENVELOPE_MAX_BYTES = 1024
 ADDR_MAX_CHARS = 255
 NODE_MAX_CHARS = 128
 #: Time the receive loop handles messages in a row before it yields to other tasks (HTTP
-#: requests, timers): a query waits at most about this plus one message (a 1,000-row delta:
-#: ~1 ms), while small messages (gossip, acks) are still handled in batches.
-DRAIN_BUDGET_S = 0.0005
+#: requests, timers): a query waits at most about this plus one message. Not smaller: with
+#: many drivers in one loop (bench/compare.py, 37 of them) 0.5 ms turned draining into
+#: processor sharing, and p50 at 36 nodes went from ~0.2-0.4 s to 2.2-4.7 s.
+DRAIN_BUDGET_S = 0.002
 #: Slack on ZMQ_MAXMSGSIZE (checked per frame, on CURVE's boxed frames).
 CURVE_SLACK_BYTES = 256
 RECONNECT_IVL_MAX_MS = 2000
