@@ -112,6 +112,13 @@ def test_run_validates_with_the_digests_hashed_in_steps(tmp_path: Path) -> None:
     async def body() -> None:
         process = TrainerProcess(tmp_path, trainer__validate_every_steps=VALIDATE_EVERY)
         trainer = await process.start()
+
+        def at_once(_created_ms: int) -> Validated:
+            raise AssertionError("run() hashed the head at once")
+
+        head = process.head
+        assert head is not None
+        head.validated_head = at_once  # type: ignore[method-assign]
         try:
             await trainer.run(steps=2 * VALIDATE_EVERY)
             assert trainer.counters.validations == 2
@@ -121,7 +128,7 @@ def test_run_validates_with_the_digests_hashed_in_steps(tmp_path: Path) -> None:
             # The last step validated: the head is what was hashed in steps, and the digests
             # are the ones hashed at once for the same content.
             assert store.vector == store.watermark == signed.msg.vector
-            assert signed.msg.shard_digests == trainer.head.validated_head(0).shard_digests
+            assert signed.msg.shard_digests == head.inner.validated_head(0).shard_digests
         finally:
             await process.close()
 
