@@ -118,7 +118,7 @@ def test_run_validates_with_the_digests_hashed_in_steps(tmp_path: Path) -> None:
 
         head = process.head
         assert head is not None
-        head.validated_head = at_once  # type: ignore[method-assign]
+        head.validated_head = at_once  # type: ignore[method-assign, assignment]
         try:
             await trainer.run(steps=2 * VALIDATE_EVERY)
             assert trainer.counters.validations == 2
