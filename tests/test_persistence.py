@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 from p2prec.core.versions import VersionVector
+from p2prec.io.checkpoint import CheckpointSnapshots
 from p2prec.io.persistence import NodeDisk
 from p2prec.model.layout import StoreLayout
 from p2prec.model.snapshot import snapshot_shard
@@ -48,28 +49,30 @@ def test_restart_restores_snapshots_then_replays_the_log(tmp_path: Path) -> None
 
 
 def test_a_checkpoint_in_steps_covers_what_it_drops(tmp_path: Path) -> None:
-    """The driver's checkpoint: rotate, then write one shard at a time while deltas keep
-    coming (later snapshots hold more), drop the old segments only at the end. A crash at
-    any point of it recovers the live state."""
+    """The driver's checkpoint: rotate, then write one shard per batch while deltas keep
+    coming and a validation releases undo under the scan (later snapshots hold more), drop
+    the old segments only at the end. A crash at any point of it recovers the live state."""
     signer = Signer.generate()
     lineage = generate(LAYOUT, seed=3, steps=40)
     live = ParamStore(LAYOUT)
     disk = NodeDisk(tmp_path, fsync=False)
     crash_states = []
-    covered = []
+    covered: list[Path] = []
+    steps: CheckpointSnapshots | None = None
     for i, delta in enumerate(lineage.deltas):
         live.apply(delta)
         disk.append(encode(delta, signer))
         if i == 10:
             covered = disk.rotate()
-        elif 10 < i <= 10 + LAYOUT.n_shards:  # one shard per step, interleaved with deltas
-            shard = i - 11
-            disk.write_shard(shard, snapshot_shard(live, shard))
-            if shard == LAYOUT.n_shards - 1:
-                disk.drop(covered)
+            steps = CheckpointSnapshots(live, range(LAYOUT.n_shards), step_bytes=1)
+        elif i == 12:
+            live.validate(live.vector)  # frees rows the checkpoint's scan points at
+        if steps is not None and i > 10 and not steps.done and write_next_batch(steps, disk):
+            disk.drop(covered)
         disk.flush()
         if i in (12, 30):  # mid-checkpoint (old segments kept), and after it
             crash_states.append((copy_dir(tmp_path, i), live.root, live.vector))
+    assert steps is not None and steps.done and steps.scans == 2
     for path, root, vector in crash_states:
         restarted = ParamStore(LAYOUT)
         again = NodeDisk(path, fsync=False)
@@ -78,6 +81,13 @@ def test_a_checkpoint_in_steps_covers_what_it_drops(tmp_path: Path) -> None:
         assert restarted.root == root
         assert restarted.vector == vector
     assert len(list((tmp_path / "log").glob("*.log"))) == 1  # the covered segment is gone
+
+
+def write_next_batch(steps: CheckpointSnapshots, disk: NodeDisk) -> bool:
+    """Write the next batch of a checkpoint's snapshots; True once all are written."""
+    for shard, parts in steps.next_batch():
+        disk.write_shard(shard, parts)
+    return steps.done
 
 
 def copy_dir(src: Path, tag: int) -> Path:
@@ -136,3 +146,21 @@ def test_an_appended_message_survives_a_sigkill_of_the_writer(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False, timeout=60)
     assert done.returncode == -signal.SIGKILL
     assert [list(map(bytes, r)) for r in NodeDisk(tmp_path).replay()] == [[b"header", b"payload"]]
+
+
+def test_checkpoint_snapshots_come_in_batches_of_bounded_bytes_from_one_scan() -> None:
+    lineage = generate(LAYOUT, seed=4, steps=20)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas:
+        store.apply(delta)
+    expected = {s: snapshot_shard(store, s) for s in range(LAYOUT.n_shards)}
+    step_bytes = max(len(expected[s]) for s in range(LAYOUT.row_shards)) + 1
+    steps = CheckpointSnapshots(store, range(LAYOUT.n_shards), step_bytes=step_bytes)
+    batches = []
+    while not steps.done:
+        batches.append(steps.next_batch())
+    got = {shard: b"".join(parts) for batch in batches for shard, parts in batch}
+    assert got == expected  # the dense shard too, in the first batch
+    for batch in batches:  # a batch ends once it holds step_bytes
+        assert sum(len(got[shard]) for shard, _ in batch[:-1]) < step_bytes
+    assert 2 <= len(batches) < LAYOUT.n_shards and steps.scans == 1

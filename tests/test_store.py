@@ -194,3 +194,26 @@ def _root_of(state: object) -> bytes:
     store = ParamStore(LAYOUT)
     store.apply(catch_up(LAYOUT, state))
     return store.root
+
+
+def test_a_validation_that_frees_scanned_rows_voids_the_scan() -> None:
+    """A scan points at slots; a validation above the scan's versions frees the rows the newer
+    writes replaced (the scanned ones). The scan must say so (``readable`` false) rather than
+    read slots that a later write may reuse; a validation at or below it leaves it readable."""
+    lineage = generate(LAYOUT, seed=5, steps=6)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas[:3]:
+        store.apply(delta)
+    scan = store.scan_shards(range(LAYOUT.row_shards))
+    before = {s: snapshot_shard(store, s) for s in range(LAYOUT.row_shards)}
+    store.validate(store.vector)  # at the scan's versions: nothing it reads is freed
+    assert all(scan.readable(store, s) for s in range(LAYOUT.row_shards))
+    for delta in lineage.deltas[3:]:
+        store.apply(delta)
+    stepped = [s for s in range(LAYOUT.row_shards) if store.vector.packed[s] > scan.at[s]]
+    assert stepped and all(scan.readable(store, s) for s in stepped)  # old rows kept for undo
+    assert all(store.can_read_at(s, int(scan.at[s])) for s in stepped)
+    assert all(snapshot_shard(store, s, int(scan.at[s])) == before[s] for s in stepped)
+    store.validate(store.vector)
+    assert not any(scan.readable(store, s) for s in stepped)
+    assert not any(store.can_read_at(s, int(scan.at[s])) for s in stepped)

@@ -32,11 +32,11 @@ from p2prec.core.membership_config import MembershipConfig
 from p2prec.core.membership_messages import from_body, to_body
 from p2prec.core.publisher import Publisher, StaleHead
 from p2prec.core.replica import Replica, ReplicaConfig
+from p2prec.io.checkpoint import Batch, CheckpointSnapshots
 from p2prec.io.persistence import NodeDisk
 from p2prec.io.transport import Envelope, PeerClass, Transport
 from p2prec.log import get_logger
 from p2prec.model.layout import StoreLayout
-from p2prec.model.snapshot import snapshot_shards
 from p2prec.model.store import ParamStore
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.errors import RemoteProtocolError
@@ -58,7 +58,6 @@ OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning
 DIGEST_STEP_SHARDS = 4  # shards hashed per loop turn by validated_head
 DIGEST_ATTEMPTS = 3  # stepped validated_head begun again at most this often, then at once
 CHECKPOINT_JITTER = 0.25  # share of mesh.checkpoint_interval_s each wait varies by
-CHECKPOINT_STEP_SHARDS = 8  # shards snapshotted per step of a checkpoint (one index scan)
 
 
 def rolled_back_to_watermark(store: ParamStore, rollback: Rollback) -> bool:
@@ -140,6 +139,7 @@ class NodeDriver:
         self._logged_at_checkpoint = 0  # disk.bytes_logged when the last checkpoint began
         self._next_checkpoint = 0.0  # owner-task times (self.now())
         self._jitter = random.Random()
+        self._log_ratio_spread = self._spread()  # redrawn at every checkpoint
         self._next_status = 0.0
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
@@ -293,13 +293,11 @@ class NodeDriver:
         segment over them is idempotent (rows keep the newest version)."""
         changed, baseline = self._changed_shards()
         covered = self.disk.rotate()
-        store = self._replica.store
-        for first in range(0, len(changed), CHECKPOINT_STEP_SHARDS):
+        snapshots = CheckpointSnapshots(self._replica.store, changed)
+        while not snapshots.done:
             if self._closed:
                 return  # close() checkpoints everything against the old baseline
-            part = changed[first : first + CHECKPOINT_STEP_SHARDS]
-            snapshots = list(snapshot_shards(store, part))
-            await asyncio.to_thread(self._write_shards, snapshots)
+            await asyncio.to_thread(self._write_shards, snapshots.next_batch())
         self._save_control()
         self.disk.drop(covered)
         self._checkpointed = baseline
@@ -308,27 +306,32 @@ class NodeDriver:
     def _checkpoint_wait_s(self) -> float:
         """The checkpoint interval, jittered by +-CHECKPOINT_JITTER: members started together
         would otherwise checkpoint together, a burst of CPU and disk on a shared host."""
-        spread = 1.0 + CHECKPOINT_JITTER * (2.0 * self._jitter.random() - 1.0)
-        return self.config.mesh.checkpoint_interval_s * spread
+        return self.config.mesh.checkpoint_interval_s * self._spread()
+
+    def _spread(self) -> float:
+        return 1.0 + CHECKPOINT_JITTER * (2.0 * self._jitter.random() - 1.0)
 
     def _start_checkpoint(self) -> None:
         self._logged_at_checkpoint = self.disk.bytes_logged
+        self._log_ratio_spread = self._spread()
         self._checkpointing = asyncio.create_task(self._checkpoint_in_steps())
         self._checkpointing.add_done_callback(self._checkpoint_done)
 
     def _checkpoint_due(self) -> bool:
         """No checkpoint running, and the log written since the last one holds at least
         ``mesh.checkpoint_log_ratio`` times the store's bytes: a store rewritten by every
-        checkpoint then costs O(bytes written), and a restart replays at most that much log."""
+        checkpoint then costs O(bytes written), and a restart replays at most that much log.
+        The ratio is jittered +-CHECKPOINT_JITTER per checkpoint: members applying the same
+        stream reached it at the same moment, twelve stores rewritten at once on one host."""
         if self._checkpointing is not None:
             return False
         logged = self.disk.bytes_logged - self._logged_at_checkpoint
-        ratio = self.config.mesh.checkpoint_log_ratio
+        ratio = self.config.mesh.checkpoint_log_ratio * self._log_ratio_spread
         return logged > 0 and logged >= ratio * self._replica.store.nbytes_estimate()
 
-    def _write_shards(self, snapshots: list[tuple[int, bytes]]) -> None:
-        for shard, data in snapshots:
-            self.disk.write_shard(shard, data)
+    def _write_shards(self, snapshots: Batch) -> None:
+        for shard, parts in snapshots:
+            self.disk.write_shard(shard, parts)
 
     def _changed_shards(self) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
         """Shards changed since the last checkpoint, and the (vector, digests) baseline now."""

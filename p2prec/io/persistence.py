@@ -83,7 +83,7 @@ class NodeDisk:
         Every shard changed since the previous checkpoint must be in ``shards``: the logs
         that are deleted held the only other copy of those changes."""
         for shard, snapshot in snapshot_shards(store, shards):
-            self.write_shard(shard, snapshot)
+            self.write_shard(shard, [snapshot])
         self.drop(self.rotate())
 
     def rotate(self) -> list[Path]:
@@ -96,9 +96,10 @@ class NodeDisk:
         self._segment = self._last_segment() + 1
         return old
 
-    def write_shard(self, shard: int, snapshot: bytes) -> None:
-        """Replace one shard's snapshot atomically (safe to call from a worker thread)."""
-        _write_atomic(self.shard_dir / f"{shard}.snap", snapshot, self.fsync)
+    def write_shard(self, shard: int, parts: Sequence[FrameBytes]) -> None:
+        """Replace one shard's snapshot, given as the parts it joins, atomically (safe to call
+        from a worker thread while nothing else changes the parts)."""
+        _write_atomic(self.shard_dir / f"{shard}.snap", parts, self.fsync)
 
     @staticmethod
     def drop(segments: Sequence[Path]) -> None:
@@ -109,7 +110,7 @@ class NodeDisk:
     def save_control(self, messages: Sequence[Sequence[FrameBytes]]) -> None:
         """Keep the signed rollbacks and newest validation (fencing survives a restart)."""
         records = [_MAGIC] + [_record(frames) for frames in messages]
-        _write_atomic(self.root / "control.log", b"".join(records), self.fsync)
+        _write_atomic(self.root / "control.log", records, self.fsync)
 
     def load_control(self) -> list[list[bytes]]:
         path = self.root / "control.log"
@@ -194,11 +195,12 @@ def _parse_record(record: bytes) -> list[bytes] | None:
     return frames if offset == len(record) else None
 
 
-def _write_atomic(path: Path, data: bytes, fsync: bool) -> None:
+def _write_atomic(path: Path, parts: Sequence[FrameBytes], fsync: bool) -> None:
     # A name of its own per writer thread: two writers never share a temporary file.
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("wb") as handle:
-        handle.write(data)
+        for part in parts:  # no join: a shard's parts are megabytes
+            handle.write(part)
         handle.flush()
         if fsync:
             os.fsync(handle.fileno())

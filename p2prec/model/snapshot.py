@@ -70,11 +70,22 @@ def scanned_strong_digests(
     """``strong_digests`` of row shards read through ``scan`` (as of ``scan.at``); the caller
     checks ``scan.readable`` first."""
     for shard in shards:
-        version = int(scan.at[shard])
         hasher = blake3()
-        for part in _rows_parts(shard, version, store.rows_from_scan(scan, shard)):
+        for part in scanned_snapshot_parts(store, scan, shard):
             hasher.update(part)
         yield shard, hasher.digest(32)
+
+
+def scanned_snapshot_parts(store: ParamStore, scan: ShardScan, shard: int) -> list[Part]:
+    """The parts of ``snapshot_shard(store, shard, scan.at[shard])`` for a row shard read
+    through ``scan`` (the caller checks ``scan.readable`` first). The parts are views of fresh
+    arrays: a worker thread may write them while the store changes."""
+    version = int(scan.at[shard])
+    return _rows_parts(shard, version, store.rows_from_scan(scan, shard))
+
+
+def parts_nbytes(parts: Sequence[Part]) -> int:
+    return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
 
 
 def snapshot_parts(

@@ -108,7 +108,11 @@ class StepLog:
         released = []
         undo = self._undo[shard]
         while undo and undo[0].version <= upto:
-            released.append(self._release(undo[0]))
+            record = self._release(undo[0])
+            # The rows this write replaced are freed: the shard cannot be read (nor rolled
+            # back) as of an older version any more.
+            self.undo_floor[shard] = max(self.undo_floor[shard], record.version)
+            released.append(record)
         return released
 
     def release_over_budget(self) -> list[StepRecord]:
