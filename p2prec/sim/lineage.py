@@ -98,21 +98,20 @@ def make_delta(
 ) -> ParamDelta:
     """The next step after ``vector``: new random rows for ``keys`` (unique per table), and
     new dense tensors when ``with_dense``; every touched shard steps once, into ``epoch``."""
-    touched = {
-        int(s) for t, k in keys.items() for s in shard_of(table_salt(t), k, layout.row_shards)
-    }
-    if with_dense:
-        touched.add(layout.dense_shard)
-    shards = tuple(sorted(touched))
+    row_shards = {t: shard_of(table_salt(t), k, layout.row_shards) for t, k in keys.items()}
+    touched = [
+        *row_shards.values(),
+        np.array([layout.dense_shard] if with_dense else [], dtype=np.int64),
+    ]
+    shards = tuple(int(s) for s in np.unique(np.concatenate(touched)))
     bases = tuple(int(vector[s]) for s in shards)
     versions = tuple(Version.unpack(b).next(epoch).packed for b in bases)
-    step_version = dict(zip(shards, versions, strict=True))
+    step_version = np.zeros(layout.n_shards, dtype=np.int64)
+    step_version[list(shards)] = versions
     tables = {}
     for table, k in keys.items():
-        row_shards = shard_of(table_salt(table), k, layout.row_shards)
-        v = np.array([step_version[int(s)] for s in row_shards], dtype=np.int64)
-        rows = rng.standard_normal((k.size, layout.dim)).astype(np.float32)
-        tables[table] = TableRows(k.astype(np.int64), v, rows)
+        rows = rng.standard_normal((k.size, layout.dim), dtype=np.float32)
+        tables[table] = TableRows(k.astype(np.int64), step_version[row_shards[table]], rows)
     dense = {"mlp.w": rng.standard_normal((4, 3)).astype(np.float32)} if with_dense else {}
     return ParamDelta(shards, bases, versions, tables, dense)
 
