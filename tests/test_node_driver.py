@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -388,5 +389,35 @@ def test_cancelling_close_propagates_and_still_closes(tmp_path: Path) -> None:
             victim.transport.send("127.0.0.1:1", [b"x", b"y"])
         stop.set()
         await flood
+
+    run(tmp_path, body)
+
+
+def test_status_json_is_written_by_a_worker_thread_and_stays_current(tmp_path: Path) -> None:
+    """A file created and renamed on the event loop waited for the filesystem journal while a
+    checkpoint fsynced (up to 16 ms, every query and delta stalled): status.json is written
+    off the loop, and still tracks the node."""
+
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        trainer = mesh.trainer
+        assert trainer is not None and trainer.replica is not None
+        writers: list[int] = []
+        replace = trainer._replace_status
+
+        def recording(data: bytes) -> None:
+            writers.append(threading.get_ident())
+            replace(data)
+
+        trainer._replace_status = recording  # type: ignore[method-assign]
+        mesh.publish_step()
+        path = trainer.disk.root / "status.json"
+        head = trainer.replica.store.root.hex()
+
+        def current() -> bool:
+            return path.exists() and orjson.loads(path.read_bytes())["merkle_root"] == head
+
+        await until(current, "status.json with the published head")
+        assert writers and threading.get_ident() not in writers
 
     run(tmp_path, body)
