@@ -22,15 +22,14 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
+from p2prec.io.segment import FrameBytes, LogSegment
 from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shards
 from p2prec.model.store import ParamStore
 
 _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 _MAGIC = b"P2PLOG1\n"
-FrameBytes = bytes | memoryview
 
 
 class DiskError(RuntimeError):
@@ -50,7 +49,7 @@ class NodeDisk:
         for stale in self.shard_dir.glob("*.tmp"):  # a writer died mid-write
             stale.unlink(missing_ok=True)
         self._segment = self._last_segment() + 1
-        self._log: BinaryIO | None = None
+        self._log: LogSegment | None = None
         self.bytes_logged = 0
 
     # -- the message log ---------------------------------------------------------------------
@@ -58,17 +57,13 @@ class NodeDisk:
     def append(self, frames: Sequence[FrameBytes]) -> None:
         """Log one applied signed message (its frames, as received)."""
         if self._log is None:
-            self._log = self._open_segment(self._segment)
-        record = _record(frames)
-        self._log.write(record)
-        self._log.flush()  # to the OS now: a SIGKILL must not take back what was applied
-        self.bytes_logged += len(record)
+            self._log = LogSegment(self.log_dir / f"{self._segment:012d}.log", _MAGIC)
+        # In the OS when it returns: a SIGKILL must not take back what was applied.
+        self.bytes_logged += self._log.write(_record_parts(frames))
 
     def flush(self) -> None:
-        if self._log is not None:
-            self._log.flush()
-            if self.fsync:
-                os.fsync(self._log.fileno())
+        if self._log is not None and self.fsync:
+            self._log.fsync()
 
     def replay(self) -> Iterator[list[bytes]]:
         """Every logged message in order (a torn record at the end of a segment is skipped)."""
@@ -90,7 +85,9 @@ class NodeDisk:
         """Start a new log segment; returns the older segments. They may be ``drop``-ped once
         every shard changed up to now has been written with ``write_shard``."""
         if self._log is not None:
-            self._log.close()  # no fsync: these segments are deleted once the snapshots are
+            # No fsync and no trim of the allocated tail (a metadata change on the loop):
+            # these segments are deleted once the snapshots are written.
+            self._log.close(trim=False)
             self._log = None
         old = sorted(self.log_dir.glob("*.log"), key=_segment_number)
         self._segment = self._last_segment() + 1
@@ -134,24 +131,23 @@ class NodeDisk:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _open_segment(self, number: int) -> BinaryIO:
-        handle = (self.log_dir / f"{number:012d}.log").open("ab")
-        if handle.tell() == 0:
-            handle.write(_MAGIC)
-        return handle
-
     def _last_segment(self) -> int:
         numbers = [_segment_number(p) for p in self.log_dir.glob("*.log")]
         return max(numbers, default=0)
 
 
 def _record(frames: Sequence[FrameBytes]) -> bytes:
-    parts: list[bytes | memoryview] = [_COUNT.pack(len(frames))]
+    return b"".join(_record_parts(frames))
+
+
+def _record_parts(frames: Sequence[FrameBytes]) -> list[FrameBytes]:
+    """A log record: its size, the frame count, then each frame's size and bytes."""
+    parts: list[FrameBytes] = [_COUNT.pack(len(frames))]
     for frame in frames:
         view = memoryview(frame)
         parts += [_LEN.pack(view.nbytes), view]
-    body = b"".join(parts)
-    return _LEN.pack(len(body)) + body
+    size = sum(memoryview(p).nbytes for p in parts)
+    return [_LEN.pack(size), *parts]
 
 
 def _segment_number(path: Path) -> int:
