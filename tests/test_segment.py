@@ -1,5 +1,6 @@
 """A log segment written inside space allocated ahead (no size change per append)."""
 
+import errno
 import os
 from pathlib import Path
 
@@ -34,18 +35,23 @@ def test_a_record_larger_than_the_allocation_step_is_written_whole(tmp_path: Pat
     assert replayed == [[b"small", b"x"], [b"big", big], [b"after", b"y"]]
 
 
+@pytest.mark.parametrize(("code", "tries_again"), [(errno.EOPNOTSUPP, False), (errno.ENOSPC, True)])
 def test_without_fallocate_appends_extend_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, tries_again: bool
 ) -> None:
-    def unsupported(fd: int, offset: int, length: int) -> None:
-        raise OSError(95, "Operation not supported")
+    calls = []
 
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    def failing(fd: int, offset: int, length: int) -> None:
+        calls.append(offset)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", failing)
     log = LogSegment(tmp_path / "0.log", b"MAGIC")
     log.write([b"abc", memoryview(b"defg")])
     assert os.path.getsize(tmp_path / "0.log") == len(b"MAGICabcdefg")
     log.close()
     assert (tmp_path / "0.log").read_bytes() == b"MAGICabcdefg"
+    assert len(calls) == (2 if tries_again else 1)  # a full disk may have room later
 
 
 def test_skip_drops_whole_and_partial_views() -> None:

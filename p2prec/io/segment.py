@@ -11,12 +11,14 @@ record does (a record's size is never 0); ``close`` trims it.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 FrameBytes = bytes | memoryview
 PREALLOC_BYTES = 16 << 20  # log space allocated ahead at a time
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 
 
 class LogSegment:
@@ -58,8 +60,9 @@ class LogSegment:
         if self._can_preallocate:
             try:
                 os.posix_fallocate(self.fd, self.allocated, nbytes)
-            except OSError:  # a filesystem without it: plain appends that extend the file
-                self._can_preallocate = False
+            except OSError as exc:  # plain appends that extend the file
+                # A filesystem without it: never again. A full disk: the write will say so.
+                self._can_preallocate = exc.errno not in _UNSUPPORTED
                 return
             self.allocated += nbytes
 
