@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_http_support import ITEMS, TOKEN, Client, HttpMesh
 from test_node_driver import until
 
+from p2prec.io.transport import DRAIN_BUDGET_S, SERVING_DRAIN_BUDGET_S
 from p2prec.log import reset_logging
 from p2prec.model import scoring
 from p2prec.serve import queries
@@ -283,5 +284,17 @@ def test_admin_calls_need_the_token_and_link_faults_take_effect(tmp_path: Path) 
         assert status == 200
         assert a1.transport.wan_uplink_bytes_s == 0.0  # back to mesh.wan_uplink_mbit
         await until(mesh.converged, "a1 caught up after the heal")
+
+    run_mesh(tmp_path, body)
+
+
+def test_a_query_makes_the_receive_loop_yield_sooner_for_a_while(tmp_path: Path) -> None:
+    async def body(mesh: HttpMesh, session: aiohttp.ClientSession) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        client = Client(await mesh.serve(node), session)
+        assert node.transport.drain_budget_s() == DRAIN_BUDGET_S  # no query yet
+        await client.get("/healthz")
+        assert node.transport.drain_budget_s() == SERVING_DRAIN_BUDGET_S
 
     run_mesh(tmp_path, body)

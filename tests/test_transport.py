@@ -4,6 +4,7 @@ condition with a deadline). Each test runs its own event loop through ``run``.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -20,7 +21,14 @@ import zmq
 from p2prec.config import load_config
 from p2prec.core.effects import Route
 from p2prec.io.curve import generate_node_keys, load_keypair, load_public_key, public_key_file
-from p2prec.io.transport import Envelope, PeerClass, Transport, parse_envelope
+from p2prec.io.transport import (
+    SERVING_DRAIN_BUDGET_S,
+    SERVING_YIELD_TURNS,
+    Envelope,
+    PeerClass,
+    Transport,
+    parse_envelope,
+)
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.limits import WireLimits
 from p2prec.wire.messages import ControlRequest, ShardSnapshot
@@ -540,5 +548,43 @@ def test_from_config_binds_where_the_config_says(tmp_path: Path) -> None:
             assert t.node_id == "n7"
         finally:
             await t.close()
+
+    run(main())
+
+
+def test_while_serving_queries_the_receive_loop_yields_turns_between_heavy_messages(
+    tmp_path: Path,
+) -> None:
+    """A delta holds the loop ~1 ms; an HTTP request needs several loop turns. While the
+    process serves queries, the receive loop gives other tasks SERVING_YIELD_TURNS turns
+    after any message that ran past SERVING_DRAIN_BUDGET_S."""
+
+    async def main() -> None:
+        async with cluster(tmp_path, "a", "b") as (a, b):
+            connect(a, b)
+            turns = 0
+            seen: list[int] = []
+
+            async def other_task() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            def heavy(envelope: Envelope, frames: list[zmq.Frame]) -> None:
+                seen.append(turns)
+                end = time.perf_counter() + 2 * SERVING_DRAIN_BUDGET_S
+                while time.perf_counter() < end:  # CPU work, as applying a delta
+                    pass
+
+            b.hook = heavy
+            ticker = asyncio.create_task(other_task())
+            b.t.note_query()
+            for i in range(6):
+                assert a.t.send(b.addr, msg(f"m{i}"), Route.TREE)
+            await b.wait_for("m5")
+            ticker.cancel()
+            gaps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+            assert min(gaps) >= SERVING_YIELD_TURNS - 1, gaps
 
     run(main())

@@ -29,7 +29,7 @@ from p2prec.serve.auth import admin_only
 from p2prec.serve.cache import ModelViews
 from p2prec.serve.lag import LAG_SAMPLE_INTERVAL_S, Lag, LagTracker
 from p2prec.serve.metrics import DriverCollector, UpdateLatencyFeed, http_histogram
-from p2prec.serve.middleware import error_middleware, latency_middleware
+from p2prec.serve.middleware import error_middleware, latency_middleware, query_middleware
 from p2prec.serve.nodeview import Readiness, node_status, readiness
 from p2prec.serve.params import (
     K_DEFAULT,
@@ -121,7 +121,12 @@ class NodeApi:
 
 def make_node_app(driver: NodeDriver, config: Config) -> web.Application:
     api = NodeApi(driver, config)
-    app = web.Application(middlewares=[latency_middleware(api.http_latency), error_middleware()])
+    middlewares = [
+        query_middleware(driver.transport.note_query),
+        latency_middleware(api.http_latency),
+        error_middleware(),
+    ]
+    app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(ticker(api.sample, LAG_SAMPLE_INTERVAL_S, "p2prec-http-ticker"))
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)

@@ -58,3 +58,15 @@ def latency_middleware(histogram: Histogram) -> Middleware:
             )
 
     return time_request
+
+
+def query_middleware(note_query: Callable[[], None]) -> Middleware:
+    """Tell the replication side that queries are being served (``Transport.note_query``):
+    it then yields the loop sooner and for longer between deltas."""
+
+    @web.middleware
+    async def note(request: web.Request, handler: Handler) -> web.StreamResponse:
+        note_query()
+        return await handler(request)
+
+    return note
