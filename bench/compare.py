@@ -1,45 +1,55 @@
 """p2prec against the alternatives, on one stream of deltas (issue 6, item 2).
 
-    python bench/compare.py [--quick] [--nodes 9,18,36] [--wan-mbit 1000]
+    python bench/compare.py [--quick] [--nodes 9,18,36] [--wan-mbit 1000] [--workers W]
 
 One stream of signed deltas is built once (seeded, ``make_delta`` from an empty store of the
-mesh's layout) and every system gets the same deltas, for meshes of N nodes in 3 datacenters:
+mesh's layout) and every system gets the same deltas, for meshes of N nodes in 3 datacenters.
 
-- p2prec: ``bench/mesh_bench.py``'s mesh (all ``NodeDriver``s in one process and one asyncio
-  loop, CURVE on 127.0.0.1), trainer -> one copy per datacenter -> k-ary tree; Merkle catch-up.
+Harness: each system's members are spread over W worker processes (``--workers``, default the
+CPU count), each one process and one asyncio loop hosting its share of the members, every
+datacenter in every worker (``bench/compare_procs.py``). The trainer/publisher runs in the main
+process, for every system: one host of its own, as in a deployment, whose publish pacing does
+not wait behind any member's work, and which also drives the run (short pipe messages to the
+workers between phases, polls while waiting for convergence). Workers record wall-clock times
+(``time.time()``: one clock for every process on one host) and send them back over a pipe.
+
+- p2prec: ``bench/mesh_bench.py``'s ``NodeDriver`` members (CURVE on 127.0.0.1), trainer -> one
+  copy per datacenter -> k-ary tree; Merkle catch-up.
 - star: the same mesh, the trainer sends every delta to every node (never relayed).
 - Redis pub/sub: a real ``redis-server`` on 127.0.0.1 (random port, no persistence, stopped by
   pid); the trainer PUBLISHes each encoded delta (length-prefixed frames) on one channel; N
-  redis-py asyncio subscribers in the same loop decode, verify and apply into a ``ParamStore``.
-  redis-py is pinned below 8 (8.1.0 formats every pub/sub message for a debug log, see
-  MACHINE-NOTES), the version is printed.
+  redis-py asyncio subscribers, spread over the workers, decode, verify and apply into a
+  ``ParamStore``. redis-py is pinned below 8 (8.1.0 formats every pub/sub message for a debug
+  log, see MACHINE-NOTES), the version is printed.
 - snapshot: a full-store snapshot to every node every 60 s, COMPUTED from the same stream (the
   snapshot bytes of the store the stream builds), not measured.
 
 WAN model (``--wan-mbit``, the same for every system): on one host over loopback bandwidth is
 free, so the one thing a tree saves, the publisher's WAN egress (3 copies instead of N), would
 cost nothing and a star could only win. Real hosts reach other datacenters through a bounded
-uplink, so every host here gets one: all of a host's sends to another datacenter go through
-one FIFO that releases ``--wan-mbit`` (serialisation delay = bytes / rate; LAN sends are free).
-The default, 1,000 Mbit/s, is a 1 Gbit/s share of a host's WAN uplink, about 20 times one copy
-of the stream (266 KiB x 20 deltas/s = 44 Mbit/s): the headroom a team would give one update
+uplink, so every host here gets one: all of a host's sends to another datacenter go through one
+FIFO that releases ``--wan-mbit`` (serialisation delay = bytes / rate; LAN sends are free). The
+default, 1,000 Mbit/s, is a 1 Gbit/s share of a host's WAN uplink, about 20 times one copy of
+the stream (266 KiB x 20 deltas/s = 44 Mbit/s): the headroom a team would give one update
 stream. p2prec and star: ``mesh.wan_uplink_mbit`` on every member (the trainer is its own
 datacenter, so each of its copies crosses its uplink; p2prec's relays send inside their
 datacenter, for free). Redis: the server sits in dc1; its copies to the dc2/dc3 subscribers
 cross the server host's uplink, and the trainer's PUBLISH its own: an asyncio TCP proxy in its
-own thread (``bench/wan_proxy.py``, the same FIFO) shapes both; dc1's subscribers connect
-directly. Snapshot: the WAN copies of each snapshot cross the dc1 host's uplink one after
-another, and that transfer time is added to the staleness. No propagation delay is modelled
-(the same constant for every system). ``--wan-mbit 0``: unlimited, the old harness.
+own process (``bench/wan_proxy.py``, the same FIFO; it stands for the network) shapes both;
+dc1's subscribers connect directly. Snapshot: the WAN copies of each snapshot cross the dc1
+host's uplink one after another, and that transfer time is added to the staleness. No
+propagation delay is modelled (the same constant for every system). ``--wan-mbit 0``: unlimited,
+the old harness.
 
-Latency: publish call (encode + sign included) -> the last node applied the delta. Egress: bytes
-sent by the trainer (p2prec, star) or the Redis server (measured, INFO total_net_output_bytes)
-per delta. WAN: the trainer sits in its own datacenter for p2prec and star (every trainer copy
-crosses); the Redis server and the snapshot job sit in dc1 (copies to dc2, dc3 cross).
-Restart: one node is cut off for ``--outage`` deltas; p2prec: catch-up measured, lost = deltas
-it still lacks after catch-up; Redis: measured, what the resubscribed client never received;
-star: no replay by construction, everything sent while down is lost (computed); snapshot:
-nothing lost, the node serves the last snapshot it loads (staleness).
+Latency: publish call (encode + sign included) -> the last node applied the delta (wall clock,
+across processes). Egress: bytes sent by the trainer (p2prec, star) or the Redis server
+(measured, INFO total_net_output_bytes) per delta. WAN: the trainer sits in its own datacenter
+for p2prec and star (every trainer copy crosses); the Redis server and the snapshot job sit in
+dc1 (copies to dc2, dc3 cross). Restart: one node is cut off for ``--outage`` deltas; p2prec:
+catch-up measured, lost = deltas it still lacks after catch-up; Redis: measured, what the
+resubscribed client never received; star: no replay by construction, everything sent while down
+is lost (computed); snapshot: nothing lost, the node serves the last snapshot it loads
+(staleness).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import struct
@@ -54,8 +65,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeAlias
@@ -64,27 +75,30 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compare_procs as cp
 import mesh_bench as mb
 import redis
 import redis.asyncio as aioredis
-from wan_proxy import WanProxy
 
+from p2prec.core.effects import Route
 from p2prec.core.fencing import FIRST_EPOCH
-from p2prec.io.node import store_layout
+from p2prec.core.publisher import Publisher
+from p2prec.io.curve import generate_node_keys
+from p2prec.io.node import NodeDriver, store_layout
 from p2prec.io.shaper import MBIT
 from p2prec.log import configure_logging
 from p2prec.model.layout import StoreLayout
 from p2prec.model.snapshot import snapshot_shards
 from p2prec.model.store import ParamStore
 from p2prec.sim.lineage import make_delta
-from p2prec.wire.codec import decode, encode
+from p2prec.wire.codec import encode
 from p2prec.wire.messages import ParamDelta
-from p2prec.wire.signing import Signer, Verifier
+from p2prec.wire.signing import Signer
 
 Args: TypeAlias = argparse.Namespace
 SNAPSHOT_PERIOD_S = 60.0
-CHANNEL = "p2prec-deltas"
-DEADLINE_S = 60.0
+CHANNEL = cp.CHANNEL
+DEADLINE_S = cp.DEADLINE_S
 AFTER_OUTAGE = 5  # deltas published after the restart
 
 
@@ -123,17 +137,6 @@ def frames_bytes(frames: Sequence[bytes | memoryview], seq: int) -> bytes:
     return b"".join(parts)
 
 
-def bytes_frames(payload: bytes) -> tuple[int, list[memoryview]]:
-    view = memoryview(payload)
-    seq, n = struct.unpack_from("<II", view, 0)
-    off, frames = 8, []
-    for _ in range(n):
-        (size,) = struct.unpack_from("<I", view, off)
-        frames.append(view[off + 4 : off + 4 + size])
-        off += 4 + size
-    return seq, frames
-
-
 # --- results ----------------------------------------------------------------------------------
 
 
@@ -147,9 +150,114 @@ class Row:
     wan_b: float  # cross-datacenter bytes per delta
     lost: str  # what a restart mid-stream loses
     note: str = ""
+    cpu: str = ""
 
 
-# --- p2prec and the star: bench/mesh_bench.py -----------------------------------------------
+# --- p2prec and the star: bench/mesh_bench.py's members, in worker processes -----------------
+
+
+def split(names: Sequence[str], args: Args) -> list[list[str]]:
+    return cp.interleave(names, lambda name: name.split("-", maxsplit=1)[0], args.workers)
+
+
+@dataclass
+class Mesh:
+    """The trainer (this process) and the pool of workers hosting the nodes."""
+
+    trainer: NodeDriver
+    pool: cp.Pool
+    names: list[str]
+    where: dict[str, int]  # node -> worker index
+    addrs: list[str]  # every node's address
+    counter: mb.SendCount  # the trainer's tree sends
+
+    @property
+    def publisher(self) -> Publisher:
+        assert isinstance(self.trainer.replica, Publisher)
+        return self.trainer.replica
+
+    def head(self) -> tuple[bytes, np.ndarray]:
+        store = self.publisher.store
+        return store.root, np.array(store.vector_view)
+
+    async def converged(self, names: Sequence[str] | None = None) -> bool:
+        root, packed = self.head()
+        arg = (root, packed, None if names is None else list(names))
+        return all(await self.pool.call_all("converged", [arg] * len(self.pool)))
+
+    async def until_converged(self, names: Sequence[str] | None, what: str) -> None:
+        end = time.monotonic() + DEADLINE_S
+        while not await self.converged(names):
+            if time.monotonic() > end:
+                raise TimeoutError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    async def members_known(self) -> None:
+        want = len(self.names) + 1
+        end = time.monotonic() + DEADLINE_S
+        while True:
+            replica = self.trainer.replica
+            mine = 0 if replica is None else len(replica.membership.alive_members())
+            if mine >= want and min(await self.pool.call_all("alive")) >= want:
+                return
+            if time.monotonic() > end:
+                raise TimeoutError("timed out waiting for membership")
+            await asyncio.sleep(0.05)
+
+
+async def mesh_phase(
+    mesh: Mesh, deltas: Sequence[ParamDelta], rate: float, star: bool
+) -> tuple[np.ndarray, float, float]:
+    """Publish ``deltas`` at ``rate`` and wait until every node reached every one: latencies
+    (ms, wall clock: publish call -> the last node), tree copies per delta sent by the trainer
+    and, from every member, across datacenters."""
+    marks = [
+        (np.asarray(d.shards, dtype=np.int64), np.asarray(d.versions, dtype=np.int64))
+        for d in deltas
+    ]
+    await mesh.pool.call_all("track", [marks] * len(mesh.pool))
+    c = mesh.counter
+    c.active, c.copies, c.wan, c.from_trainer = True, 0, 0, 0
+    published = await publish_paced(len(deltas), rate, partial(mesh_publish, mesh, deltas, star))
+    replies = await mesh.pool.call_all("done")
+    c.active = False
+    reached: dict[str, list[float]] = {}
+    wan = c.wan
+    for nodes, _copies, worker_wan in replies:
+        reached.update(nodes)
+        wan += worker_wan
+    last = np.max(np.array([reached[n] for n in mesh.names]), axis=0)
+    lat = (last - np.array(published)) * 1000.0
+    steps = len(deltas)
+    if star:  # every node gets a copy from the trainer, all cross into another dc
+        assert sum(r[1] for r in replies) == 0, "star deltas must not be relayed"
+        return lat, float(len(mesh.names)), float(len(mesh.names))
+    return lat, c.from_trainer / steps, wan / steps
+
+
+def mesh_publish(mesh: Mesh, deltas: Sequence[ParamDelta], star: bool, i: int) -> None:
+    delta = deltas[i]
+    if star:
+        assert mesh.trainer.signer is not None
+        frames = list(encode(delta, mesh.trainer.signer))
+        mesh.publisher.publish(delta, frames)  # the head steps; its tree sends dropped
+        for addr in mesh.addrs:
+            mesh.trainer.transport.send(addr, frames, Route.REPAIR)
+    else:
+        mesh.trainer.publish(delta)
+
+
+async def publish_paced(count: int, rate: float, publish: Callable[[int], object]) -> list[float]:
+    """Call ``publish(i)`` for i < count at ``rate``; the wall time just before each call."""
+    loop = asyncio.get_running_loop()
+    start, times = loop.time(), []
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        times.append(time.time())
+        result = publish(i)
+        if asyncio.iscoroutine(result):
+            await result
+    return times
 
 
 async def run_mesh(
@@ -157,65 +265,95 @@ async def run_mesh(
 ) -> list[Row]:
     rows: list[Row] = []
     per_dc = n // len(mb.DCS)
-    rate = args.rate
+    names = [f"{dc}-n{i}" for dc in mb.DCS for i in range(1, per_dc + 1)]
     for system in ("p2prec", "star"):
         star = system == "star"
-        with tempfile.TemporaryDirectory(prefix="p2prec-compare-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="p2prec-compare-") as tmp_name:
+            tmp = Path(tmp_name)
+            for name in ("trainer", *names):
+                generate_node_keys(tmp / "curve", name)
             overrides = {"mesh.wan_uplink_mbit": args.wan_mbit}  # every member, the trainer too
-            bench = mb.Bench(
-                Path(tmp), 1, 1, nodes_per_dc=per_dc, signer=signer, overrides=overrides
-            )
+            config = mb.make_config(tmp, "trainer", "dc-t", [], "trainer", overrides)
+            trainer = NodeDriver(config, signer.verifier(), signer)
             try:
-                await mb.start_mesh(bench)
-                log(f"{system} N={n}: warm-up")
-                await mb.run_mode(bench, "warm-up", warm, rate, stream.deltas[:warm], star)
-                log(f"{system} N={n}: {steps} deltas")
-                res = await mb.run_mode(
-                    bench, system, steps, rate, stream.deltas[warm : warm + steps], star
-                )
-                assert bench.trainer is not None
-                shaped = bench.trainer.transport.counters.shaped
-                assert shaped or args.wan_mbit <= 0, "the trainer's copies must cross its uplink"
-                if star:
-                    lost = f"{outage} of {outage} (no replay; computed)"
-                else:
-                    await mb.until(partial(bench.converged, bench.names), "p2prec convergence")
-                    log(f"{system} N={n}: node cut off for {outage} deltas, catch-up")
-                    catch = await run_catch_up(bench, stream, warm + steps, outage, rate)
-                    lost = catch
+                addr = await trainer.start()
+                dc_of_addr = {addr: "dc-t"}
+                counter = mb.SendCount(Route.TREE)
+                cp.count_sends(trainer, "dc-t", dc_of_addr, counter, True)
+                shares = split(names, args)
+                specs = [
+                    {
+                        "tmp": str(tmp),
+                        "names": share,
+                        "seed": f"trainer@{addr}",
+                        "overrides": overrides,
+                        "public": signer.public_key_bytes,
+                    }
+                    for share in shares
+                ]
+                async with cp.Pool("mesh", specs) as pool:
+                    started = await pool.call_all("start")
+                    where, addrs = {}, []
+                    for w, members in enumerate(started):
+                        for name, (node_addr, dc) in members.items():
+                            dc_of_addr[node_addr] = dc
+                            where[name] = w
+                            addrs.append(node_addr)
+                    await pool.call_all("dcs", [dc_of_addr] * len(pool))
+                    mesh = Mesh(trainer, pool, names, where, addrs, counter)
+                    await mesh.members_known()
+                    await asyncio.sleep(0.5)  # every view the same: trees agree
+                    log(f"{system} N={n}: warm-up ({len(pool)} worker processes)")
+                    await mesh_phase(mesh, stream.deltas[:warm], args.rate, star)
+                    log(f"{system} N={n}: {steps} deltas")
+                    roles = {"members": pool.pids, "trainer": [os.getpid()]}
+                    with cp.CpuMeter(roles) as cpu:
+                        lat, copies, wan = await mesh_phase(
+                            mesh, stream.deltas[warm : warm + steps], args.rate, star
+                        )
+                    shaped = trainer.transport.counters.shaped
+                    assert shaped or args.wan_mbit <= 0, (
+                        "the trainer's copies must cross its uplink"
+                    )
+                    if star:
+                        lost = f"{outage} of {outage} (no replay; computed)"
+                    else:
+                        await mesh.until_converged(None, "p2prec convergence")
+                        log(f"{system} N={n}: node cut off for {outage} deltas, catch-up")
+                        lost = await run_catch_up(mesh, stream, warm + steps, outage, args.rate)
             finally:
-                await bench.close()
+                try:
+                    await asyncio.wait_for(trainer.close(), 5.0)
+                except TimeoutError:
+                    log("the trainer did not close in 5 s")
         rows.append(
             Row(
                 system,
                 n,
-                res.p50,
-                res.p99,
-                res.publisher_copies * stream.wire_bytes,
-                res.wan_copies * stream.wire_bytes,
+                float(np.percentile(lat, 50)),
+                float(np.percentile(lat, 99)),
+                copies * stream.wire_bytes,
+                wan * stream.wire_bytes,
                 lost,
-                f"{res.publisher_copies:.2f} / {res.wan_copies:.2f} copies; "
-                + uplink_load(res.publisher_copies, stream, args, "trainer"),
+                f"{copies:.2f} / {wan:.2f} copies; " + uplink_load(copies, stream, args, "trainer"),
+                cpu.note(),
             )
         )
     return rows
 
 
-async def run_catch_up(
-    bench: mb.Bench, stream: Stream, start: int, outage: int, rate: float
-) -> str:
+async def run_catch_up(mesh: Mesh, stream: Stream, start: int, outage: int, rate: float) -> str:
     """The victim drops all traffic for ``outage`` deltas of the stream, then heals."""
-    victim = bench.names[-1]
-    driver = bench.nodes[victim]
-    driver.transport.set_link_fault("127.0.0.1", drop=True)
-    others = [x for x in bench.names if x != victim]
-    bench.tracker = mb.Tracker()
-    await bench.stream(outage, rate, False, stream.deltas[start : start + outage])
-    await mb.until(lambda: bench.converged(others), "the others converge without the victim")
-    t = time.perf_counter()
-    driver.transport.clear_link_faults()
-    await mb.until(lambda: bench.converged([victim]), "the healed node catches up")
-    ms = (time.perf_counter() - t) * 1000
+    victim = mesh.names[-1]
+    w = mesh.where[victim]
+    await mesh.pool.call(w, "fault", victim)
+    others = [x for x in mesh.names if x != victim]
+    await mesh.pool.call_all("track", [[]] * len(mesh.pool))
+    deltas = stream.deltas[start : start + outage]
+    await publish_paced(len(deltas), rate, partial(mesh_publish, mesh, deltas, False))
+    await mesh.until_converged(others, "the others converge without the victim")
+    root, packed = mesh.head()
+    ms = await mesh.pool.call(w, "heal", (victim, root, packed))
     return f"0 of {outage} (caught up in {ms:.0f} ms; measured)"
 
 
@@ -227,44 +365,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@dataclass
-class Subscriber:
-    index: int
-    store: ParamStore
-    received: dict[int, float] = field(default_factory=dict)
-    gaps: int = 0
-    down: asyncio.Event = field(default_factory=asyncio.Event)
-    up: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-async def subscribe_loop(
-    port: int, sub: Subscriber, verifier: Verifier, stop: asyncio.Event
-) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        client = aioredis.Redis(host="127.0.0.1", port=port)
-        pubsub = client.pubsub()
-        try:
-            await pubsub.subscribe(CHANNEL)
-            while not stop.is_set() and not sub.down.is_set():
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
-                if msg is None or msg["type"] != "message":
-                    continue
-                seq, frames = bytes_frames(msg["data"])
-                delta = decode(frames, verifier)
-                assert isinstance(delta, ParamDelta)
-                result = sub.store.apply(delta)
-                sub.gaps += bool(result.gaps)
-                if not result.gaps:
-                    sub.received[seq] = loop.time()
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py 5.2 stub
-            await client.aclose()
-        if sub.down.is_set():  # the restart: away until told to come back
-            await asyncio.wait_for(sub.up.wait(), DEADLINE_S)
-            sub.down.clear()
 
 
 async def numsub(client: aioredis.Redis) -> int:
@@ -281,7 +381,7 @@ async def wait_numsub(client: aioredis.Redis, want: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def redis_server() -> AsyncIterator[tuple[int, aioredis.Redis]]:
+async def redis_server() -> AsyncIterator[tuple[int, aioredis.Redis, int]]:
     """A redis-server on 127.0.0.1 (random port, no persistence) and a client; stopped by pid."""
     exe = shutil.which("redis-server")
     if exe is None:
@@ -305,7 +405,7 @@ async def redis_server() -> AsyncIterator[tuple[int, aioredis.Redis]]:
                 if time.monotonic() > end:
                     raise
                 await asyncio.sleep(0.05)
-        yield port, pub
+        yield port, pub, proc.pid
     finally:
         await pub.aclose()
         proc.terminate()
@@ -316,62 +416,28 @@ async def redis_server() -> AsyncIterator[tuple[int, aioredis.Redis]]:
             proc.wait(5)
 
 
-@dataclass
-class RedisPublisher:
-    pub: aioredis.Redis
-    stream: Stream
-    signer: Signer
-    rate: float
-    published: dict[int, float] = field(default_factory=dict)
-
-    async def publish(self, first: int, count: int) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for i in range(count):
-            await asyncio.sleep(max(0.0, start + i / self.rate - loop.time()))
-            seq = first + i
-            self.published[seq] = loop.time()
-            payload = frames_bytes(list(encode(self.stream.deltas[seq], self.signer)), seq)
-            await self.pub.publish(CHANNEL, payload)
-
-
-async def all_received(seqs: range, who: Sequence[Subscriber]) -> None:
-    end = time.monotonic() + DEADLINE_S
-    while not all(s in sub.received for sub in who for s in seqs):
-        if time.monotonic() > end:
-            raise TimeoutError("redis: a subscriber did not receive the stream")
-        await asyncio.sleep(0.005)
-
-
-@contextlib.contextmanager
-def wan_ports(port: int, wan_mbit: float) -> Iterator[tuple[int, int]]:
+@contextlib.asynccontextmanager
+async def wan_ports(port: int, wan_mbit: float) -> AsyncIterator[tuple[int, int, list[int]]]:
     """(port for the trainer's PUBLISH connection, port for dc2/dc3 subscribers): through the
     WAN proxy (the trainer's uplink; the server host's uplink, shared by every remote
-    subscriber), or straight to the server when the WAN is unlimited."""
+    subscriber), in its own process (its pid last), or straight to the server when the WAN is
+    unlimited."""
     if wan_mbit <= 0:
-        yield port, port
+        yield port, port, []
         return
-    proxy = WanProxy()
-    proxy.start()
-    try:
-        upstream = ("127.0.0.1", port)
-        rate = wan_mbit * MBIT
-        yield (
-            proxy.listen(upstream, "trainer", rate, "up"),
-            proxy.listen(upstream, "dc1-server", rate, "down"),
-        )
-    finally:
-        proxy.close()
+    async with cp.Pool("proxy", [{"port": port, "rate": wan_mbit * MBIT}]) as proxy:
+        trainer_port, remote_port = await proxy.call(0, "start")
+        yield trainer_port, remote_port, proxy.pids
 
 
 async def run_redis(
     stream: Stream, signer: Signer, n: int, warm: int, steps: int, outage: int, args: Args
 ) -> Row:
-    async with redis_server() as (port, pub):
-        with wan_ports(port, args.wan_mbit) as (trainer_port, remote_port):
-            return await redis_rounds(
-                stream, signer, n, warm, steps, outage, args, pub, port, trainer_port, remote_port
-            )
+    async with redis_server() as (port, pub, pid), wan_ports(port, args.wan_mbit) as ports:
+        roles = {"server": [pid], "proxy": ports[2]}
+        return await redis_rounds(
+            stream, signer, n, warm, steps, outage, args, pub, port, ports[:2], roles
+        )
 
 
 async def redis_rounds(
@@ -384,57 +450,71 @@ async def redis_rounds(
     args: Args,
     pub: aioredis.Redis,
     port: int,
-    trainer_port: int,
-    remote_port: int,
+    ports: tuple[int, int],
+    roles: dict[str, list[int]],
 ) -> Row:
     """The Redis run: subscribers 0..N/3-1 in dc1 with the server, the others in dc2/dc3
-    behind the server's uplink; the trainer PUBLISHes through its own uplink."""
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
+    behind the server's uplink, spread over the workers; the trainer (this process) PUBLISHes
+    through its own uplink."""
+    trainer_port, remote_port = ports
     per_dc, rate = n // len(mb.DCS), args.rate
+    names = [f"dc{1 + i // per_dc}-{i}" for i in range(n)]
+    shares = split(names, args)
+    index = {name: i for i, name in enumerate(names)}
+    specs = [
+        {
+            "layout": stream.layout,
+            "public": signer.public_key_bytes,
+            "subs": [(index[x], port if index[x] < per_dc else remote_port) for x in share],
+        }
+        for share in shares
+    ]
+    victim = n - 1
+    where = next(w for w, share in enumerate(shares) if names[victim] in share)
     publisher = aioredis.Redis(host="127.0.0.1", port=trainer_port)
+
+    async def publish(seq: int) -> None:
+        payload = frames_bytes(list(encode(stream.deltas[seq], signer)), seq)
+        await publisher.publish(CHANNEL, payload)
+
+    async def paced(first: int, count: int) -> list[float]:
+        return await publish_paced(count, rate, lambda i: publish(first + i))
+
+    async def received(first: int, stop: int, skip: int | None = None) -> dict[int, float]:
+        replies = await pool.call_all("received", [(first, stop, skip)] * len(pool))
+        return {q: max(r[q] for r in replies) for q in range(first, stop)}
+
     try:
-        subs = [Subscriber(i, ParamStore(stream.layout, capacity_rows=4096)) for i in range(n)]
-        verifier = signer.verifier()
-        tasks = [
-            asyncio.create_task(
-                subscribe_loop(port if s.index < per_dc else remote_port, s, verifier, stop)
-            )
-            for s in subs
-        ]
-        await wait_numsub(pub, n)
-        trainer = RedisPublisher(publisher, stream, signer, rate)
-        log(f"redis N={n}: warm-up")
-        await trainer.publish(0, warm)
-        await all_received(range(warm), subs)
-        info0 = await pub.info("stats")
-        log(f"redis N={n}: {steps} deltas")
-        await trainer.publish(warm, steps)
-        measured = range(warm, warm + steps)
-        await all_received(measured, subs)
-        info1 = await pub.info("stats")
-        out_b = int(info1["total_net_output_bytes"]) - int(info0["total_net_output_bytes"])
-        lat = [max(s.received[q] for s in subs) - trainer.published[q] for q in measured]
-        # restart mid-stream: the victim's connection closes, deltas go on, it resubscribes
-        log(f"redis N={n}: subscriber away for {outage} deltas")
-        victim = subs[-1]
-        victim.down.set()
-        await wait_numsub(pub, n - 1)
-        first = warm + steps
-        await trainer.publish(first, outage)
-        victim.up.set()
-        await wait_numsub(pub, n)
-        await trainer.publish(first + outage, AFTER_OUTAGE)
-        await all_received(range(first + outage, first + outage + AFTER_OUTAGE), subs[:-1])
-        await asyncio.sleep(0.5)
-        never = sum(q not in victim.received for q in range(first, first + outage))
+        async with cp.Pool("redis", specs) as pool:
+            await pool.call_all("start")
+            await wait_numsub(pub, n)
+            log(f"redis N={n}: warm-up ({len(pool)} worker processes)")
+            await paced(0, warm)
+            await received(0, warm)
+            info0 = await pub.info("stats")
+            log(f"redis N={n}: {steps} deltas")
+            roles = {"members": pool.pids, "trainer": [os.getpid()], **roles}
+            with cp.CpuMeter(roles) as cpu:
+                published = await paced(warm, steps)
+                last = await received(warm, warm + steps)
+            info1 = await pub.info("stats")
+            out_b = int(info1["total_net_output_bytes"]) - int(info0["total_net_output_bytes"])
+            lat = [last[warm + i] - t for i, t in enumerate(published)]
+            # restart mid-stream: the victim's connection closes, deltas go on, it resubscribes
+            log(f"redis N={n}: subscriber away for {outage} deltas")
+            await pool.call(where, "down", victim)
+            await wait_numsub(pub, n - 1)
+            first = warm + steps
+            await paced(first, outage)
+            await pool.call(where, "up", victim)
+            await wait_numsub(pub, n)
+            await paced(first + outage, AFTER_OUTAGE)
+            await received(first + outage, first + outage + AFTER_OUTAGE, skip=victim)
+            await asyncio.sleep(0.5)
+            never, gaps = await pool.call(where, "victim", (victim, first, outage))
     finally:
-        stop.set()
-        for task in tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 5.0)
         await publisher.aclose()
-    lost = f"{never} of {outage} (measured; then {victim.gaps} later deltas refused: gap)"
+    lost = f"{never} of {outage} (measured; then {gaps} later deltas refused: gap)"
     wan_copies = n - n // len(mb.DCS)
     return Row(
         "redis",
@@ -446,6 +526,7 @@ async def redis_rounds(
         lost,
         f"{out_b / steps / stream.wire_bytes:.2f} / {wan_copies} copies; "
         + uplink_load(wan_copies, stream, args, "server"),
+        cpu.note(),
     )
 
 
@@ -510,6 +591,8 @@ def print_table(rows: Sequence[Row]) -> None:
     for r in rows:
         if r.note:
             print(f"  {r.system} N={r.nodes}: egress / WAN {r.note}")
+        if r.cpu:
+            print(f"  {r.system} N={r.nodes}: {r.cpu}")
 
 
 def plot(rows: Sequence[Row], path: Path, caption: str) -> bool:
@@ -578,7 +661,12 @@ async def compare_main(args: argparse.Namespace) -> None:
         f"compare: {steps} measured deltas per system at {args.rate:g}/s after {warm} warm-up, "
         f"~{args.rows} rows x dim {mb.DIM} float32 per delta "
         f"({stream.wire_bytes / 1024:.1f} KiB signed on the wire), seed {args.seed}; "
-        f"3 datacenters; one process, one asyncio loop, 127.0.0.1"
+        f"3 datacenters, 127.0.0.1"
+    )
+    print(
+        f"harness: each system's members (mesh nodes, Redis subscribers) in {args.workers} "
+        f"worker processes, one asyncio loop each, every datacenter in every worker; the "
+        f"trainer/publisher in the main process; {os.cpu_count()} CPUs"
     )
     per_copy = stream.wire_bytes * args.rate / MBIT
     wan = f"{args.wan_mbit:g} Mbit/s" if args.wan_mbit > 0 else "unlimited"
@@ -613,11 +701,30 @@ def main() -> None:
         default=1000.0,
         help="every host's WAN uplink in Mbit/s (0: unlimited); see the module docstring",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes hosting each system's members (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop (every process started, by pid) after this many seconds "
+        "(default: 240 with --quick, else 900)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=str(Path(__file__).with_name("compare.png")))
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    limit = args.time_limit or (240.0 if args.quick else 900.0)
     configure_logging(level="warning")
-    asyncio.run(compare_main(args))
+    try:
+        asyncio.run(asyncio.wait_for(compare_main(args), limit))
+    except TimeoutError:
+        raise SystemExit(f"compare: stopped after the time limit of {limit:g} s") from None
 
 
 if __name__ == "__main__":

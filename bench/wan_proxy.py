@@ -5,8 +5,9 @@ The same model as the transport's ``mesh.wan_uplink_mbit``: one FIFO per host
 connection of that host. A chunk read from the sending side waits its serialisation delay
 (after everything queued before it, from any connection) and is then written to the other side.
 
-Runs in its own thread and event loop: it stands for the network, as ZeroMQ's I/O thread and
-the kernel do for the mesh, so its copying does not queue behind the benchmark's nodes.
+Runs in its own thread and event loop (and ``bench/compare.py`` starts it in a process of its
+own): it stands for the network, as ZeroMQ's I/O thread and the kernel do for the mesh, so its
+copying does not queue behind the benchmark's members or the trainer.
 """
 
 from __future__ import annotations
