@@ -983,3 +983,36 @@ def test_a_rollback_under_a_stepped_validated_head_makes_it_stale() -> None:
         job.step(LAYOUT.n_shards)
     fresh = publisher.validated_head()  # begun again: the rolled-back head
     assert fresh.vector == vec(line.states[4].vector) and fresh.epoch == 2
+
+
+def test_a_validation_releases_undo_a_slice_per_tick() -> None:
+    """A Validated frees ``release_step_records`` undo records at once and the rest one slice
+    per tick (``next_deadline`` says: at once, while some is left), so that a node's loop
+    never stalls for a whole release; the end state is an eager release's."""
+    config = ReplicaConfig(fanout=2, shard_groups=1, release_step_records=2)
+    mesh = Mesh({"dc0": 1}, config).join()
+    node = next(r for r in mesh.by_addr.values() if r.node_id != PUBLISHER_ID)
+    line = lineage(10, seed=8)
+    for delta in line.deltas:
+        mesh.give(node, delta)
+    eager = ParamStore(LAYOUT)
+    for delta in line.deltas:
+        eager.apply(delta)
+    msg = validated_of(eager, node.fencing.epoch)
+    eager.validate(msg.vector)
+    before = node.store.log.undo_rows
+    mesh.give(node, msg)
+    assert pending(node.store) and before > node.store.log.undo_rows
+    assert node.next_deadline() == 0.0
+    ticks = 0
+    while pending(node.store):
+        node.tick(mesh.now)
+        ticks += 1
+        assert ticks < 1000
+    assert ticks >= 2 and node.store.log.undo_rows == eager.log.undo_rows
+    assert node.next_deadline() != 0.0
+
+
+def pending(store: ParamStore) -> bool:
+    """``store.release_pending``, read through a call (mypy narrows a property it has seen)."""
+    return store.release_pending

@@ -217,3 +217,52 @@ def test_a_validation_that_frees_scanned_rows_voids_the_scan() -> None:
     store.validate(store.vector)
     assert not any(scan.readable(store, s) for s in stepped)
     assert not any(store.can_read_at(s, int(scan.at[s])) for s in stepped)
+
+
+def test_a_validation_released_in_slices_ends_as_one_released_at_once() -> None:
+    """``validate(w, release_max)`` frees at most that many step records now and the rest by
+    ``release_validated`` slices (a node spreads them over loop turns): the end state, undo
+    budget, readable versions and what can be rolled back, equals an eager release."""
+    lineage = generate(LAYOUT, seed=6, steps=12)
+    eager, stepped = ParamStore(LAYOUT), ParamStore(LAYOUT)
+    for store in (eager, stepped):
+        for delta in lineage.deltas[:9]:
+            store.apply(delta)
+    watermark = VersionVector(lineage.states[7].vector)
+    before = stepped.log.undo_rows
+    eager.validate(watermark)
+    stepped.validate(watermark, release_max=3)
+    assert pending(stepped) and eager.log.undo_rows < stepped.log.undo_rows < before
+    slices = 0
+    while stepped.release_validated(3):
+        slices += 1
+    assert slices >= 2 and not pending(stepped)
+    assert stepped.log.undo_rows == eager.log.undo_rows
+    assert (stepped.log.undo_floor == eager.log.undo_floor).all()
+    stepped.validate_state()
+    for target in (lineage.states[6].vector, lineage.states[7].vector):
+        assert stepped.can_roll_back(VersionVector(target)) == eager.can_roll_back(
+            VersionVector(target)
+        )
+
+
+def test_a_rollback_finishes_a_pending_release_first() -> None:
+    """Undo at or below the watermark is gone once validated, even while its release is
+    pending: a rollback below the watermark is refused as after an eager release."""
+    lineage = generate(LAYOUT, seed=7, steps=10)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas[:8]:
+        store.apply(delta)
+    store.validate(VersionVector(lineage.states[6].vector), release_max=1)
+    assert pending(store)
+    below = VersionVector(lineage.states[3].vector)
+    assert store.can_roll_back(below)  # undo below the watermark: released, cannot restore
+    assert not pending(store)
+    with pytest.raises(UndoUnavailable):
+        store.rollback(below)
+    assert store.rollback(VersionVector(lineage.states[6].vector))  # to the watermark: fine
+
+
+def pending(store: ParamStore) -> bool:
+    """``store.release_pending``, read through a call (mypy narrows a property it has seen)."""
+    return store.release_pending

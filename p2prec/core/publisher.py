@@ -98,7 +98,7 @@ class Publisher(Replica):
         signed = Signed(msg, msg if raw is None else raw)
         if not self.fencing.accept_validated(signed):
             raise ValueError("validated message is stale or of another epoch")
-        self.store.validate(msg.vector)
+        self.store.validate(msg.vector, self.config.release_step_records)  # rest: tick
         return self._to_roots(0, msg, signed.raw)
 
     def validated_head(self, created_ms: int = 0) -> Validated:

@@ -76,6 +76,7 @@ class ReplicaConfig:
     delta_log_bytes_max: int = 256 << 20  # signed deltas kept to serve catch-up
     repair_deltas_max: int = 512  # deltas in one catch-up answer
     seen_max: int = 8192  # tree messages remembered, so each is relayed once
+    release_step_records: int = 512  # validated undo records freed per turn (~1 ms of work)
 
 
 @dataclass
@@ -153,10 +154,14 @@ class Replica:
             self._next_sync = now + self.config.anti_entropy_interval_s
             effects += self._gossip_digest()
         effects += self._pull_due(now)
+        if self.store.release_pending:  # what the last validation left, a slice per turn
+            self.store.release_validated(self.config.release_step_records)
         return effects
 
     def next_deadline(self) -> float | None:
         times = [self._next_sync]
+        if self.store.release_pending:
+            times.append(0.0)  # at once: the next turn of the owner task
         times += [self._pull_time(shard, since) for shard, since in self._behind.items()]
         membership = self.membership.next_deadline()
         if membership is not None:
@@ -321,7 +326,7 @@ class Replica:
         if msg.epoch > self.fencing.epoch:
             return [*effects, *self._ask_control(addr, now)]
         if len(msg.vector) == self.store.layout.n_shards and self.fencing.accept_validated(signed):
-            self.store.validate(msg.vector)
+            self.store.validate(msg.vector, self.config.release_step_records)  # rest: tick
             effects.append(Persist(signed.raw))
             effects.append(Note("validated", {"epoch": msg.epoch, "v": msg.vector.summary()}))
         return effects

@@ -103,11 +103,14 @@ class StepLog:
                 popped.append(record)
         return popped
 
-    def release_validated(self, shard: int, upto: int) -> list[StepRecord]:
-        """Records of ``shard`` at or below ``upto`` that still hold undo, now released."""
-        released = []
+    def release_validated(
+        self, shard: int, upto: int, max_records: int | None = None
+    ) -> list[StepRecord]:
+        """Records of ``shard`` at or below ``upto`` that still hold undo, now released (the
+        oldest ``max_records`` of them when given)."""
+        released: list[StepRecord] = []
         undo = self._undo[shard]
-        while undo and undo[0].version <= upto:
+        while undo and undo[0].version <= upto and len(released) != max_records:
             record = self._release(undo[0])
             # The rows this write replaced are freed: the shard cannot be read (nor rolled
             # back) as of an older version any more.
