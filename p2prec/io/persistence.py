@@ -6,6 +6,7 @@ Layout of ``data_dir``::
     control.log            the signed rollbacks and the newest validation (fencing state)
     log/<segment>.log      every signed message (delta, validated, rollback) applied since the
                            snapshots, as its original frames, in the order it was applied
+                           (written into space allocated ahead: ``io/segment.py``)
 
 A restarted node restores the snapshots, then replays the log through the same code path that
 applies messages from peers (signatures verified again), so it serves at once from disk and
