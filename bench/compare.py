@@ -113,6 +113,15 @@ class Stream:
     layout: StoreLayout
 
 
+def store_rows(args: argparse.Namespace) -> int:
+    """Table slots every system's stores start with: every id of the stream plus the rows
+    kept for undo (no validation frees them here), as a deployment sizes ``store.initial_rows``
+    for its stream; smaller, the tables doubled mid-measurement (a copy of every row, on every
+    member at the same delta: the 9-node p99 of every mesh system was that stall)."""
+    key_space: int = args.key_space
+    return key_space + mb.UNDO_ROWS_MAX
+
+
 def build_stream(layout: StoreLayout, count: int, rows: int, key_space: int, seed: int) -> Stream:
     rng = np.random.default_rng(seed)
     store = ParamStore(layout, capacity_rows=key_space)
@@ -272,7 +281,10 @@ async def run_mesh(
             tmp = Path(tmp_name)
             for name in ("trainer", *names):
                 generate_node_keys(tmp / "curve", name)
-            overrides = {"mesh.wan_uplink_mbit": args.wan_mbit}  # every member, the trainer too
+            overrides = {  # every member, the trainer too
+                "mesh.wan_uplink_mbit": args.wan_mbit,
+                "store.initial_rows": store_rows(args),
+            }
             config = mb.make_config(tmp, "trainer", "dc-t", [], "trainer", overrides)
             trainer = NodeDriver(config, signer.verifier(), signer)
             try:
@@ -464,6 +476,7 @@ async def redis_rounds(
     specs = [
         {
             "layout": stream.layout,
+            "store_rows": store_rows(args),
             "public": signer.public_key_bytes,
             "subs": [(index[x], port if index[x] < per_dc else remote_port) for x in share],
         }

@@ -435,6 +435,12 @@ async def subscribe_loop(sub: Subscriber, verifier: Verifier, stop: asyncio.Even
             sub.up.clear()
 
 
+def subscriber_store(layout: StoreLayout, rows: int) -> ParamStore:
+    """The store of a Redis subscriber: the budgets and size of a mesh member's."""
+    undo = mb.UNDO_ROWS_MAX
+    return ParamStore(layout, undo_rows_max=undo, history_rows_max=undo, capacity_rows=rows)
+
+
 class RedisHost:
     """Some of the Redis subscribers in this process's loop."""
 
@@ -442,7 +448,7 @@ class RedisHost:
         layout: StoreLayout = spec["layout"]
         self.verifier = Verifier(spec["public"])
         self.subs = {
-            i: Subscriber(i, port, ParamStore(layout, capacity_rows=4096))
+            i: Subscriber(i, port, subscriber_store(layout, spec["store_rows"]))
             for i, port in spec["subs"]
         }
         self.stop = asyncio.Event()

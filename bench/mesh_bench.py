@@ -51,6 +51,9 @@ ROW_BYTES = DIM * 4 + 16  # values + id + version
 DEADLINE_S = 30.0
 
 
+UNDO_ROWS_MAX = 200_000  # rows kept for undo (no validation in these benches) and history
+
+
 def make_config(
     tmp: Path,
     node_id: str,
@@ -75,8 +78,8 @@ def make_config(
             "store.dim": DIM,
             "store.tables": [TABLE],
             "store.initial_rows": 131072,
-            "store.undo_rows_max": 200_000,
-            "store.changelog_rows_max": 200_000,
+            "store.undo_rows_max": UNDO_ROWS_MAX,
+            "store.changelog_rows_max": UNDO_ROWS_MAX,
             "keys.curve_dir": str(tmp / "curve"),
             "keys.trainer_public_key": str(tmp / "trainer.pub"),
             **(overrides or {}),
