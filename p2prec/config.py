@@ -213,7 +213,13 @@ class StoreConfig(_Section):
         "float32", "Element type of stored rows ('float16' halves memory and wire bytes)."
     )
     initial_rows: int = _key(
-        1024, "Capacity hint per table, in rows; tables grow beyond it.", ge=0, le=1 << 31
+        1024,
+        "Row slots per table at start; tables grow beyond it by doubling, a copy of every row "
+        "that stalls the node's loop (tens of ms at a million rows). A slot holds a row "
+        "version: size it for the ids you expect plus the unvalidated tail kept for undo "
+        "(up to undo_rows_max).",
+        ge=0,
+        le=1 << 31,
     )
     undo_rows_max: int = _key(
         4_000_000,
