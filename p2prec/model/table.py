@@ -18,6 +18,7 @@ from p2prec.core.versions import NO_VERSION
 from p2prec.model.keyhash import U64, shard_of, table_salt
 from p2prec.model.keyindex import ABSENT, KeyIndex
 from p2prec.model.rowhash import row_hashes
+from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareRows, huge_page_array
 
 I64 = npt.NDArray[np.int64]
 FREE = -1  # slot_shard of a slot that holds nothing
@@ -66,6 +67,7 @@ class EmbeddingTable:
         self.slot_shard: I64 = np.full(capacity, FREE, dtype=np.int64)
         self._free: I64 = np.zeros(0, dtype=np.int64)
         self._high_water = 0
+        self._spare: SpareRows | None = None  # the next rows array, prepared ahead
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -88,12 +90,28 @@ class EmbeddingTable:
             capacity *= 2
         if capacity == self.capacity:
             return
-        self.rows = _grown(self.rows, capacity, None)
+        self.rows = self._grown_rows(capacity)
         self.slot_key = _grown(self.slot_key, capacity, 0)
         self.slot_version = _grown(self.slot_version, capacity, NO_VERSION)
         self.slot_hash = _grown(self.slot_hash, capacity, 0)
         self.slot_prev = _grown(self.slot_prev, capacity, -1)
         self.slot_shard = _grown(self.slot_shard, capacity, FREE)
+
+    def _grown_rows(self, capacity: int) -> npt.NDArray[np.floating]:
+        """The rows in an array of ``capacity`` slots: the spare one prepared ahead when it is
+        ready and large enough (then only the copy is left to do), else a fresh one."""
+        spare, self._spare = self._spare, None
+        rows = spare.take() if spare is not None and spare.capacity >= capacity else None
+        if rows is None:
+            rows = huge_page_array((capacity, self.dim), self.dtype)
+        rows[: self.rows.shape[0]] = self.rows
+        return rows
+
+    def _prepare_growth(self) -> None:
+        """Start preparing the next rows array once the slots are ``PREPARE_AT`` used."""
+        due = self._high_water >= PREPARE_AT * self.capacity
+        if due and self._spare is None and 2 * self.rows.nbytes >= SPARE_MIN_BYTES:
+            self._spare = SpareRows(2 * self.capacity, self.dim, self.dtype)
 
     def _allocate(self, count: int) -> I64:
         # ascending slots: the row scatter then walks memory forwards (faster than random)
@@ -103,6 +121,7 @@ class EmbeddingTable:
         self._grow(self._high_water + fresh_count)
         fresh = np.arange(self._high_water, self._high_water + fresh_count, dtype=np.int64)
         self._high_water += fresh_count
+        self._prepare_growth()
         return np.concatenate([reused, fresh]) if reused.size else fresh
 
     def release(self, slots: I64) -> None:

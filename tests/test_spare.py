@@ -1,0 +1,66 @@
+"""A table's next rows array is prepared off the loop, and growth uses it."""
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from p2prec.model import spare
+from p2prec.model.spare import SpareRows, huge_page_array
+from p2prec.model.table import EmbeddingTable
+
+DIM = 64
+CAPACITY = 4096  # 1 MiB of float32 rows of dim 64: the smallest table given a spare
+WAIT_S = 30.0
+
+
+def fill(table: EmbeddingTable, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    keys = rng.choice(10**9, count, replace=False).astype(np.int64)
+    rows = rng.standard_normal((count, DIM)).astype(np.float32)
+    positions = table.positions(keys)
+    shards = table.shard_of(keys)
+    table.write(positions, keys, np.ones(count, dtype=np.int64), rows, shards)
+    return keys, rows
+
+
+def test_growth_past_three_quarters_uses_the_array_prepared_ahead() -> None:
+    table = EmbeddingTable("item", DIM, np.dtype(np.float32), 16, CAPACITY)
+    keys, rows = fill(table, int(CAPACITY * 0.8), seed=1)
+    prepared = table._spare
+    assert prepared is not None and prepared.capacity == 2 * CAPACITY
+    assert prepared.wait(WAIT_S)
+    ready = prepared._rows
+    more_keys, more_rows = fill(table, CAPACITY, seed=2)  # past the capacity: it grows
+    assert table.capacity == 2 * CAPACITY and table.rows is ready
+    for k, r in ((keys, rows), (more_keys, more_rows)):
+        slots = table.current_slots(k)
+        assert (table.rows[slots] == r).all()
+
+
+def test_growth_before_the_spare_is_ready_allocates_as_before(monkeypatch: Any) -> None:
+    release = threading.Event()
+    prepare = SpareRows._prepare
+
+    def slow(self: SpareRows, dim: int, dtype: np.dtype[Any]) -> None:
+        release.wait(WAIT_S)
+        prepare(self, dim, dtype)
+
+    monkeypatch.setattr(SpareRows, "_prepare", slow)
+    table = EmbeddingTable("item", DIM, np.dtype(np.float32), 16, CAPACITY)
+    keys, rows = fill(table, int(CAPACITY * 0.8), seed=3)
+    assert table._spare is not None and table._spare.take() is None  # not ready yet
+    more_keys, more_rows = fill(table, CAPACITY, seed=4)
+    release.set()
+    assert table.capacity == 2 * CAPACITY
+    for k, r in ((keys, rows), (more_keys, more_rows)):
+        assert (table.rows[table.current_slots(k)] == r).all()
+
+
+def test_small_arrays_skip_the_mapping() -> None:
+    small = huge_page_array((16, DIM), np.dtype(np.float32))
+    large = huge_page_array((2 * CAPACITY, DIM), np.dtype(np.float32))
+    assert small.nbytes < spare.SPARE_MIN_BYTES <= large.nbytes
+    assert small.flags.writeable and large.flags.writeable
+    large[-1] = 1.5
+    assert large[-1, 0] == 1.5
