@@ -6,7 +6,8 @@ from typing import Any
 import numpy as np
 
 from p2prec.model import spare
-from p2prec.model.spare import SpareRows, huge_page_array
+from p2prec.model.keyindex import EMPTY, KeyIndex
+from p2prec.model.spare import SpareArray, huge_page_array
 from p2prec.model.table import EmbeddingTable
 
 DIM = 64
@@ -30,7 +31,7 @@ def test_growth_past_three_quarters_uses_the_array_prepared_ahead() -> None:
     prepared = table._spare
     assert prepared is not None and prepared.capacity == 2 * CAPACITY
     assert prepared.wait(WAIT_S)
-    ready = prepared._rows
+    ready = prepared._array
     more_keys, more_rows = fill(table, CAPACITY, seed=2)  # past the capacity: it grows
     assert table.capacity == 2 * CAPACITY and table.rows is ready
     for k, r in ((keys, rows), (more_keys, more_rows)):
@@ -40,13 +41,13 @@ def test_growth_past_three_quarters_uses_the_array_prepared_ahead() -> None:
 
 def test_growth_before_the_spare_is_ready_allocates_as_before(monkeypatch: Any) -> None:
     release = threading.Event()
-    prepare = SpareRows._prepare
+    prepare = SpareArray._prepare
 
-    def slow(self: SpareRows, dim: int, dtype: np.dtype[Any]) -> None:
+    def slow(self: SpareArray, dtype: np.dtype[Any], fill: int | None) -> None:
         release.wait(WAIT_S)
-        prepare(self, dim, dtype)
+        prepare(self, dtype, fill)
 
-    monkeypatch.setattr(SpareRows, "_prepare", slow)
+    monkeypatch.setattr(SpareArray, "_prepare", slow)
     table = EmbeddingTable("item", DIM, np.dtype(np.float32), 16, CAPACITY)
     keys, rows = fill(table, int(CAPACITY * 0.8), seed=3)
     assert table._spare is not None and table._spare.take() is None  # not ready yet
@@ -64,3 +65,21 @@ def test_small_arrays_skip_the_mapping() -> None:
     assert small.flags.writeable and large.flags.writeable
     large[-1] = 1.5
     assert large[-1, 0] == 1.5
+
+
+def test_the_key_index_grows_into_a_map_prepared_ahead() -> None:
+    index = KeyIndex(1 << 16)  # 2 MiB of (key, value) pairs: given a spare
+    capacity = index.capacity
+    rng = np.random.default_rng(5)
+    keys = rng.choice(10**12, capacity, replace=False).astype(np.int64)
+    first = keys[: int(capacity * 0.4)]  # past 3/4 of the way to half full
+    index.set_values(index.find_or_insert(first), first * 3)
+    prepared = index._spare
+    assert prepared is not None and prepared.capacity == 2 * capacity
+    assert prepared.wait(WAIT_S)
+    ready = prepared._array
+    assert ready is not None and (ready == EMPTY).all()
+    rest = keys[int(capacity * 0.4) :]
+    index.set_values(index.find_or_insert(rest), rest * 3)  # past half full: it grows
+    assert index.capacity == 2 * capacity and np.shares_memory(index._keys, ready)
+    assert (index.lookup(keys) == keys * 3).all() and len(index) == keys.size

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2prec.model.keyhash import mix64
+from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, huge_page_array
 
 I64 = npt.NDArray[np.int64]
 
@@ -31,11 +32,16 @@ class KeyIndex:
 
     def __init__(self, capacity_hint: int = 1024) -> None:
         capacity = 1 << max(4, int(np.ceil(np.log2(max(2 * capacity_hint, 16)))))
+        self._spare: SpareArray | None = None  # the next, doubled map, prepared ahead
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
+        spare, self._spare = self._spare, None
+        pairs = spare.take() if spare is not None and spare.capacity == capacity else None
+        if pairs is None:
+            pairs = huge_page_array((capacity, 2), np.dtype(np.int64))
+            pairs.fill(EMPTY)
         # Keys and values interleaved: a probe reads one cache line, not two.
-        pairs = np.full((capacity, 2), EMPTY, dtype=np.int64)
         self._keys: I64 = pairs[:, 0]
         self._vals: I64 = pairs[:, 1]
         self._count = 0
@@ -93,6 +99,7 @@ class KeyIndex:
             if (self._keys[p[lost]] == keys[pending]).any():  # lost to its own twin
                 raise DuplicateKeys("a new key occurs twice in one batch")
             pos[pending] = (p[lost] + 1) & mask
+        self._prepare_growth()
         return result
 
     def _claim(self, positions: I64) -> npt.NDArray[np.bool_]:
@@ -143,6 +150,12 @@ class KeyIndex:
         """All (key, value) pairs whose value is a slot (not ABSENT)."""
         live = self._vals >= 0
         return self._keys[live], self._vals[live]
+
+    def _prepare_growth(self) -> None:
+        """Start preparing the doubled map once ``PREPARE_AT`` of the way to the growth."""
+        due = self._count >= PREPARE_AT * _LOAD_MAX * self.capacity
+        if due and self._spare is None and 32 * self.capacity >= SPARE_MIN_BYTES:
+            self._spare = SpareArray((2 * self.capacity, 2), np.dtype(np.int64), EMPTY)
 
     def _reserve(self, count: int) -> None:
         if count <= self.capacity * _LOAD_MAX:

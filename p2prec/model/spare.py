@@ -1,12 +1,13 @@
-"""The next, doubled rows array of a table, prepared by a worker thread before it is needed.
+"""The next, doubled array of a growing structure, prepared by a worker thread ahead of need.
 
-A table grows by doubling: a fresh array, the old rows copied into it. The copy is cheap; the
-first touch of the fresh pages is not: 309 ms for 256 MiB (1M slots of dim 64) on the loop of
-a node that had been running a while (its memory too fragmented for transparent huge pages),
-a stall of every query and delta. So once a table is ``PREPARE_AT`` full, a worker thread
-allocates the next array (asking the kernel for huge pages) and touches one item per page
-(numpy releases the GIL for it); the growth then only copies the old rows, ~7 ms at that size.
-A growth that comes before the spare is ready allocates as before.
+A table's rows and the key index grow by doubling: a fresh array, the old content copied or
+re-inserted. The first touch of the fresh pages is the expensive part: 309 ms for 256 MiB of
+rows (1M slots of dim 64) on the loop of a node that had run a while (memory too fragmented
+for transparent huge pages), 129 ms to fill a 64 MiB index, stalls of every query and delta.
+So once a structure is ``PREPARE_AT`` of the way to its growth, a worker thread allocates the
+next array (asking the kernel for huge pages) and touches or fills it (numpy releases the GIL
+for that); growing then only copies, ~7 ms for those rows. A growth that comes before the
+spare is ready allocates as before (huge-page advised, on the loop).
 """
 
 from __future__ import annotations
@@ -23,35 +24,43 @@ PAGE_BYTES = 4096
 SPARE_MIN_BYTES = 1 << 20  # smaller arrays are allocated when needed (their faults are cheap)
 
 
-class SpareRows:
-    """A rows array of ``capacity`` slots being prepared in a worker thread."""
+class SpareArray:
+    """An array of ``shape`` being prepared in a worker thread: every page touched, and every
+    item set to ``fill`` unless it is None (numpy releases the GIL for both)."""
 
-    def __init__(self, capacity: int, dim: int, dtype: np.dtype[Any]) -> None:
-        self.capacity = capacity
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any], fill: int | None) -> None:
+        self.shape = shape
         self._ready = threading.Event()
-        self._rows: npt.NDArray[Any] | None = None
+        self._array: npt.NDArray[Any] | None = None
         self._thread = threading.Thread(
-            target=self._prepare, args=(dim, dtype), name="p2prec-spare-rows", daemon=True
+            target=self._prepare, args=(dtype, fill), name="p2prec-spare-array", daemon=True
         )
         self._thread.start()
+
+    @property
+    def capacity(self) -> int:
+        return self.shape[0]
 
     def take(self) -> npt.NDArray[Any] | None:
         """The prepared array, once (None while it is still being prepared)."""
         if not self._ready.is_set():
             return None
-        rows, self._rows = self._rows, None
-        return rows
+        array, self._array = self._array, None
+        return array
 
     def wait(self, timeout_s: float) -> bool:
         """Wait until the array is ready (tests)."""
         return self._ready.wait(timeout_s)
 
-    def _prepare(self, dim: int, dtype: np.dtype[Any]) -> None:
+    def _prepare(self, dtype: np.dtype[Any], fill: int | None) -> None:
         try:
-            rows = huge_page_array((self.capacity, dim), dtype)
-            step = max(1, PAGE_BYTES // dtype.itemsize)
-            rows.reshape(-1)[::step] = 0  # touch every page now, off the loop
-            self._rows = rows
+            array = huge_page_array(self.shape, dtype)
+            if fill is None:
+                step = max(1, PAGE_BYTES // dtype.itemsize)
+                array.reshape(-1)[::step] = 0  # touch every page now, off the loop
+            else:
+                array.fill(fill)
+            self._array = array
         finally:
             self._ready.set()  # a failure leaves no array: the growth allocates as before
 

@@ -18,7 +18,7 @@ from p2prec.core.versions import NO_VERSION
 from p2prec.model.keyhash import U64, shard_of, table_salt
 from p2prec.model.keyindex import ABSENT, KeyIndex
 from p2prec.model.rowhash import row_hashes
-from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareRows, huge_page_array
+from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, huge_page_array
 
 I64 = npt.NDArray[np.int64]
 FREE = -1  # slot_shard of a slot that holds nothing
@@ -67,7 +67,7 @@ class EmbeddingTable:
         self.slot_shard: I64 = np.full(capacity, FREE, dtype=np.int64)
         self._free: I64 = np.zeros(0, dtype=np.int64)
         self._high_water = 0
-        self._spare: SpareRows | None = None  # the next rows array, prepared ahead
+        self._spare: SpareArray | None = None  # the next rows array, prepared ahead
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ class EmbeddingTable:
         """Start preparing the next rows array once the slots are ``PREPARE_AT`` used."""
         due = self._high_water >= PREPARE_AT * self.capacity
         if due and self._spare is None and 2 * self.rows.nbytes >= SPARE_MIN_BYTES:
-            self._spare = SpareRows(2 * self.capacity, self.dim, self.dtype)
+            self._spare = SpareArray((2 * self.capacity, self.dim), self.dtype, None)
 
     def _allocate(self, count: int) -> I64:
         # ascending slots: the row scatter then walks memory forwards (faster than random)
