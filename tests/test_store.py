@@ -266,3 +266,28 @@ def test_a_rollback_finishes_a_pending_release_first() -> None:
 def pending(store: ParamStore) -> bool:
     """``store.release_pending``, read through a call (mypy narrows a property it has seen)."""
     return store.release_pending
+
+
+@pytest.mark.parametrize(("undo_max", "history_max"), [(10**6, 10**6), (40, 80)])
+def test_the_budget_orders_hold_only_what_the_budgets_still_count(
+    undo_max: int, history_max: int
+) -> None:
+    """The undo and history age orders skip released and forgotten records lazily: over many
+    validations (large budgets), budget releases and trims (small ones) and a rollback they
+    stay as long as what they still count."""
+    lineage = generate(LAYOUT, seed=9, steps=60)
+    store = ParamStore(LAYOUT, undo_rows_max=undo_max, history_rows_max=history_max)
+    for i, delta in enumerate(lineage.deltas):
+        store.apply(delta)
+        if i % 7 == 6:
+            store.validate(store.vector)
+    store.rollback(VersionVector(lineage.states[-2].vector))  # forgets the last step
+    log = store.log
+    appended = len(lineage.deltas) * LAYOUT.row_shards  # at least
+    with_undo = sum(r.has_undo for s in range(LAYOUT.n_shards) for r in log.records(s))
+    kept = sum(1 for s in range(LAYOUT.n_shards) for _ in log.records(s))
+    assert log.undo_rows <= undo_max and log.history_rows <= max(undo_max, history_max)
+    slack = 2 * LAYOUT.n_shards * 7  # at most the records since the last validation
+    assert len(log._undo_order) <= with_undo + slack < appended
+    assert len(log._history_order) <= kept + slack
+    store.validate_state()
