@@ -25,9 +25,9 @@ def fill(table: EmbeddingTable, count: int, seed: int) -> tuple[np.ndarray, np.n
     return keys, rows
 
 
-def test_growth_past_three_quarters_uses_the_array_prepared_ahead() -> None:
+def test_growth_past_nine_tenths_uses_the_array_prepared_ahead() -> None:
     table = EmbeddingTable("item", DIM, np.dtype(np.float32), 16, CAPACITY)
-    keys, rows = fill(table, int(CAPACITY * 0.8), seed=1)
+    keys, rows = fill(table, int(CAPACITY * 0.95), seed=1)
     prepared = table._spare
     assert prepared is not None and prepared.capacity == 2 * CAPACITY
     assert prepared.wait(WAIT_S)
@@ -49,7 +49,7 @@ def test_growth_before_the_spare_is_ready_allocates_as_before(monkeypatch: Any) 
 
     monkeypatch.setattr(SpareArray, "_prepare", slow)
     table = EmbeddingTable("item", DIM, np.dtype(np.float32), 16, CAPACITY)
-    keys, rows = fill(table, int(CAPACITY * 0.8), seed=3)
+    keys, rows = fill(table, int(CAPACITY * 0.95), seed=3)
     assert table._spare is not None and table._spare.take() is None  # not ready yet
     more_keys, more_rows = fill(table, CAPACITY, seed=4)
     release.set()
@@ -72,14 +72,14 @@ def test_the_key_index_grows_into_a_map_prepared_ahead() -> None:
     capacity = index.capacity
     rng = np.random.default_rng(5)
     keys = rng.choice(10**12, capacity, replace=False).astype(np.int64)
-    first = keys[: int(capacity * 0.4)]  # past 3/4 of the way to half full
+    first = keys[: int(capacity * 0.47)]  # past 9/10 of the way to half full
     index.set_values(index.find_or_insert(first), first * 3)
     prepared = index._spare
     assert prepared is not None and prepared.capacity == 2 * capacity
     assert prepared.wait(WAIT_S)
     ready = prepared._array
     assert ready is not None and (ready == EMPTY).all()
-    rest = keys[int(capacity * 0.4) :]
+    rest = keys[int(capacity * 0.47) :]
     index.set_values(index.find_or_insert(rest), rest * 3)  # past half full: it grows
     assert index.capacity == 2 * capacity and np.shares_memory(index._keys, ready)
     assert (index.lookup(keys) == keys * 3).all() and len(index) == keys.size

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-PREPARE_AT = 0.75  # share of a table's slots in use at which the next array is prepared
+PREPARE_AT = 0.9  # share of the way to a growth at which the next array is prepared
 PAGE_BYTES = 4096
 SPARE_MIN_BYTES = 1 << 20  # smaller arrays are allocated when needed (their faults are cheap)
 
