@@ -237,6 +237,8 @@ def test_a_validation_released_in_slices_ends_as_one_released_at_once() -> None:
     while stepped.release_validated(3):
         slices += 1
     assert slices >= 2 and not pending(stepped)
+    with pytest.raises(ValueError, match="at least 1"):
+        stepped.release_validated(0)  # would never finish
     assert stepped.log.undo_rows == eager.log.undo_rows
     assert (stepped.log.undo_floor == eager.log.undo_floor).all()
     stepped.validate_state()

@@ -305,6 +305,8 @@ class ParamStore:
         most ``max_records`` step records of it (~2 us each: a validation every 100 deltas of
         64 shards frees 6,400, a 12 ms stall of the loop when done at once); returns whether
         some is still left."""
+        if max_records is not None and max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
         released: list[StepRecord] = []
         shard = self._release_cursor
         n = self.layout.n_shards
