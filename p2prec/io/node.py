@@ -387,22 +387,16 @@ class NodeDriver:
             "url": self.http_url,
         }
 
-    def write_status(self) -> None:
-        """``data_dir/status.json``, replaced atomically (read by tools and tests)."""
-        self._replace_status(self._status_bytes())
-
     def _write_status_off_loop(self) -> None:
-        """``write_status`` with the file written by a worker thread: creating and renaming
-        a file on the loop waited up to 16 ms for the filesystem's journal while a checkpoint
-        fsynced its snapshots (measured on ext4), a stall of every query and delta. One write
-        at a time, so that an older status never replaces a newer one."""
+        """``data_dir/status.json`` (read by tools and tests), replaced atomically by a worker
+        thread: creating and renaming a file on the loop waited up to 16 ms for the
+        filesystem's journal while a checkpoint fsynced its snapshots (measured on ext4), a
+        stall of every query and delta. One write at a time, so that an older status never
+        replaces a newer one."""
         if self._status_writing is not None and not self._status_writing.done():
             return
-        data = self._status_bytes()
+        data = orjson.dumps(self.status(), option=orjson.OPT_SERIALIZE_NUMPY)
         self._status_writing = asyncio.create_task(asyncio.to_thread(self._replace_status, data))
-
-    def _status_bytes(self) -> bytes:
-        return orjson.dumps(self.status(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def _replace_status(self, data: bytes) -> None:
         path = self.disk.root / "status.json"

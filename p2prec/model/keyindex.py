@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2prec.model.keyhash import mix64
-from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, huge_page_array
+from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, prepared_or_new
 
 I64 = npt.NDArray[np.int64]
 
@@ -37,10 +37,7 @@ class KeyIndex:
 
     def _allocate(self, capacity: int) -> None:
         spare, self._spare = self._spare, None
-        pairs = spare.take() if spare is not None and spare.capacity == capacity else None
-        if pairs is None:
-            pairs = huge_page_array((capacity, 2), np.dtype(np.int64))
-            pairs.fill(EMPTY)
+        pairs = prepared_or_new(spare, (capacity, 2), np.dtype(np.int64), EMPTY)
         # Keys and values interleaved: a probe reads one cache line, not two.
         self._keys: I64 = pairs[:, 0]
         self._vals: I64 = pairs[:, 1]

@@ -75,3 +75,16 @@ def huge_page_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(memory, dtype=dtype).reshape(shape)
+
+
+def prepared_or_new(
+    spare: SpareArray | None, shape: tuple[int, ...], dtype: np.dtype[Any], fill: int | None
+) -> npt.NDArray[Any]:
+    """The array ``spare`` prepared when it is ready and of ``shape``, else a new one (filled
+    with ``fill`` unless it is None): what a growth uses."""
+    array = spare.take() if spare is not None and spare.shape == shape else None
+    if array is None:
+        array = huge_page_array(shape, dtype)
+        if fill is not None:
+            array.fill(fill)
+    return array

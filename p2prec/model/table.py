@@ -18,7 +18,7 @@ from p2prec.core.versions import NO_VERSION
 from p2prec.model.keyhash import U64, shard_of, table_salt
 from p2prec.model.keyindex import ABSENT, KeyIndex
 from p2prec.model.rowhash import row_hashes
-from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, huge_page_array
+from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, prepared_or_new
 
 I64 = npt.NDArray[np.int64]
 FREE = -1  # slot_shard of a slot that holds nothing
@@ -101,9 +101,7 @@ class EmbeddingTable:
         """The rows in an array of ``capacity`` slots: the spare one prepared ahead when it is
         ready and large enough (then only the copy is left to do), else a fresh one."""
         spare, self._spare = self._spare, None
-        rows = spare.take() if spare is not None and spare.capacity >= capacity else None
-        if rows is None:
-            rows = huge_page_array((capacity, self.dim), self.dtype)
+        rows = prepared_or_new(spare, (capacity, self.dim), self.dtype, None)
         rows[: self.rows.shape[0]] = self.rows
         return rows
 
