@@ -115,11 +115,7 @@ class StepLog:
         released: list[StepRecord] = []
         undo = self._undo[shard]
         while undo and undo[0].version <= upto and len(released) != max_records:
-            record = self._release(undo[0])
-            # The rows this write replaced are freed: the shard cannot be read (nor rolled
-            # back) as of an older version any more.
-            self.undo_floor[shard] = max(self.undo_floor[shard], record.version)
-            released.append(record)
+            released.append(self._release(undo[0]))
         self._oldest_with_undo()  # drop the released ones from the front of the age order
         return released
 
@@ -130,9 +126,7 @@ class StepLog:
             oldest = self._oldest_with_undo()
             if oldest is None:
                 break
-            record = self._release(oldest)
-            self.undo_floor[record.shard] = max(self.undo_floor[record.shard], record.version)
-            released.append(record)
+            released.append(self._release(oldest))
         return released
 
     def _oldest_with_undo(self) -> StepRecord | None:
@@ -148,12 +142,16 @@ class StepLog:
         return order[0] if order else None
 
     def _release(self, record: StepRecord) -> StepRecord:
-        """Move the oldest undo record of its shard to the history-only records."""
-        undo = self._undo[record.shard]
+        """Move the oldest undo record of its shard to the history-only records. The rows
+        its write replaced are freed: the shard cannot be read (nor rolled back) as of an
+        older version any more."""
+        shard = record.shard
+        undo = self._undo[shard]
         assert undo[0] is record, "undo is released oldest first within a shard"
-        self._done[record.shard].append(undo.popleft())
+        self._done[shard].append(undo.popleft())
         record.has_undo = False
         self.undo_rows -= record.rows
+        self.undo_floor[shard] = max(self.undo_floor[shard], record.version)
         return record
 
     # -- history -----------------------------------------------------------------------------
