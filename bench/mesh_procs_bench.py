@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from p2prec.io.localmesh import free_port, key_settings, node_command, read_status
+from p2prec.io.localmesh import free_ports, key_settings, node_command, read_status
 from p2prec.io.synthetic import SyntheticStream
 
 
@@ -119,15 +119,15 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         check=True,
         capture_output=True,
     )
-    trainer_port = free_port()
+    trainer_port, *node_ports = free_ports(1 + len(nodes))  # distinct: see free_ports
     seed = f"trainer@127.0.0.1:{trainer_port}"
     procs: list[subprocess.Popen[bytes]] = []
     rows = initial_rows(args)
     try:
-        for node_id, dc in nodes:
+        for (node_id, dc), port in zip(nodes, node_ports, strict=True):
             procs.append(
                 subprocess.Popen(
-                    node_cmd(tmp, node_id, dc, free_port(), seed, rows, row_shards=args.row_shards),
+                    node_cmd(tmp, node_id, dc, port, seed, rows, row_shards=args.row_shards),
                     stderr=subprocess.DEVNULL,
                 )
             )

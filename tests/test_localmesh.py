@@ -260,3 +260,17 @@ def test_supervisor_restarts_an_exited_member_and_backs_off_a_crash_loop(tmp_pat
         assert member.delay_s == 1.0
     finally:
         supervisor.stop_all(wait_s=5.0)
+
+
+def test_ports_are_chosen_distinct_for_the_whole_plan(tmp_path: Path) -> None:
+    """Ports picked one at a time (bind to 0, close) came back again: 10 repeats in 500,
+    and `p2prec up` once gave a node's HTTP server its own mesh port (the node then exited at
+    every restart: address already in use). All of a plan's ports come from one allocation."""
+    from p2prec.io.localmesh import free_ports
+    from p2prec.localmesh.plan import PlanOptions, build_plan
+
+    many = free_ports(500)
+    assert len(set(many)) == len(many)
+    plan = build_plan(PlanOptions(tmp_path, dcs=4, nodes_per_dc=8), "token")
+    ports = [m.mesh_port for m in plan] + [m.http_port for m in plan if m.http_port]
+    assert len(set(ports)) == len(ports) > len(plan)

