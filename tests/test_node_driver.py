@@ -227,6 +227,31 @@ def test_a_digest_naming_another_node_than_its_sender_is_dropped(tmp_path: Path)
     run(tmp_path, body)
 
 
+def test_a_delta_wakes_the_owner_task_only_when_it_moves_a_deadline(tmp_path: Path) -> None:
+    """Applying a delta moves no timer: the owner task (timers, peers, status) sleeps on."""
+
+    async def body(mesh: Mesh) -> None:
+        trainer_addr = await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        assert mesh.trainer is not None and mesh.trainer.replica is not None
+        store = mesh.trainer.replica.store
+        envelope = Envelope(trainer_addr, "trainer", Route.TREE, "trainer")
+        turns = node.counters.owner_turns
+        deltas = 20
+        for _ in range(deltas):
+            keys = {t: np.unique(mesh.rng.integers(-50, 50, 6)) for t in store.layout.tables}
+            epoch = mesh.trainer.replica.fencing.epoch
+            delta = make_delta(store.layout, store.vector.packed, keys, True, mesh.rng, epoch)
+            mesh.trainer.publish(delta)  # the trainer's own copy goes to the node as well
+            node._on_message(envelope, list(encode(delta, mesh.signer)))
+            await asyncio.sleep(0)  # a turn of the loop: a woken owner task would run now
+        await until(mesh.converged, "the deltas applied")
+        assert node.counters.owner_turns - turns < deltas // 2  # timers only, not one per delta
+
+    run(tmp_path, body)
+
+
 def test_a_started_node_moves_its_heap_out_of_the_cyclic_collector(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
         gc.unfreeze()

@@ -28,14 +28,16 @@ class DenseShard:
     def __init__(self) -> None:
         self.values: dict[str, DenseValue] = {}
         self.digest = 0  # sum of tensor hashes mod 2**64
+        self._hashes: dict[str, int] = {}  # tensor_hash of each value held (not hashed again)
 
     def _set(self, name: str, value: DenseValue | None) -> None:
-        old = self.values.pop(name, None)
-        if old is not None:
-            self.digest = (self.digest - tensor_hash(name, old)) % _MOD
+        if self.values.pop(name, None) is not None:
+            self.digest = (self.digest - self._hashes.pop(name)) % _MOD
         if value is not None:
+            digest = tensor_hash(name, value)
             self.values[name] = value
-            self.digest = (self.digest + tensor_hash(name, value)) % _MOD
+            self._hashes[name] = digest
+            self.digest = (self.digest + digest) % _MOD
 
     def write(
         self, tensors: Mapping[str, FloatArray], version: int
