@@ -39,8 +39,11 @@ def node_cmd(
     role: str = "node",
     dim: int = 64,
     row_shards: int = 64,
+    dtype: str = "float32",
 ) -> list[str]:
     tuning = [
+        "--set",
+        f"store.dtype={dtype}",
         "--set",
         f"store.row_shards={row_shards}",
         "--set",
@@ -77,6 +80,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="deltas per second")
     parser.add_argument("--rows", type=int, default=1000, help="rows per delta")
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument(
+        "--dtype", default="float32", help="store.dtype of every member (float16: half the bytes)"
+    )
     parser.add_argument(
         "--row-shards", type=int, default=64, help="store.row_shards (shards a delta can step)"
     )
@@ -127,7 +133,16 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         for (node_id, dc), port in zip(nodes, node_ports, strict=True):
             procs.append(
                 subprocess.Popen(
-                    node_cmd(tmp, node_id, dc, port, seed, rows, row_shards=args.row_shards),
+                    node_cmd(
+                        tmp,
+                        node_id,
+                        dc,
+                        port,
+                        seed,
+                        rows,
+                        row_shards=args.row_shards,
+                        dtype=args.dtype,
+                    ),
                     stderr=subprocess.DEVNULL,
                 )
             )
@@ -142,6 +157,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             rows,
             role="trainer",
             row_shards=args.row_shards,
+            dtype=args.dtype,
         )
         trainer += [
             "--synthetic-rate",
@@ -234,7 +250,7 @@ def report(tmp: Path, nodes: list[str], args: argparse.Namespace) -> None:
     one_node = np.array([x for v in per_delta.values() for x in v])
     print(
         f"mesh: {args.dcs} dcs x {args.per_dc} nodes + trainer, one process each, CURVE, "
-        f"127.0.0.1; {args.steps} deltas of {args.rows} rows x dim 64 at {args.rate}/s"
+        f"127.0.0.1; {args.steps} deltas of {args.rows} rows x dim 64 {args.dtype} at {args.rate}/s"
     )
     print(f"deltas measured (applied on all {len(nodes)} nodes): {everywhere.size}")
     if everywhere.size == 0:

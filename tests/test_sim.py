@@ -9,9 +9,13 @@ replay of a seed.
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from p2prec.model.layout import StoreLayout
+from p2prec.model.store import ParamStore
 from p2prec.sim.cluster import Cluster
+from p2prec.sim.lineage import make_delta
 from p2prec.sim.network import LinkModel
 from p2prec.sim.runner import config_for, format_result
 from p2prec.sim.scenario import SimConfig, converged, run
@@ -126,3 +130,14 @@ def test_without_faults_one_copy_of_each_delta_crosses_into_each_datacenter() ->
     published = cluster.publisher.counters.applied  # deltas: one per shard group per step
     assert published > 20
     assert cluster.network.traffic.wan_tree_deltas == published * config.dcs
+
+
+def test_a_lineage_delta_carries_rows_of_the_store_dtype() -> None:
+    """As the trainer extracts them: a float16 store's deltas carry half the bytes."""
+    layout = StoreLayout(row_shards=4, dim=8, dtype="float16")
+    store = ParamStore(layout)
+    keys = {"user": np.arange(5, dtype=np.int64), "item": np.arange(3, dtype=np.int64)}
+    delta = make_delta(layout, store.vector.packed, keys, False, np.random.default_rng(0), 1)
+    assert {rows.rows.dtype for rows in delta.tables.values()} == {np.dtype(np.float16)}
+    store.apply(delta)
+    store.validate_state()

@@ -111,6 +111,7 @@ def make_delta(
     tables = {}
     for table, k in keys.items():
         rows = rng.standard_normal((k.size, layout.dim), dtype=np.float32)
+        rows = rows.astype(layout.np_dtype, copy=False)  # as the trainer extracts them
         tables[table] = TableRows(k.astype(np.int64), step_version[row_shards[table]], rows)
     dense = {"mlp.w": rng.standard_normal((4, 3)).astype(np.float32)} if with_dense else {}
     return ParamDelta(shards, bases, versions, tables, dense)
