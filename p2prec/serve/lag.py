@@ -38,7 +38,7 @@ class Lag:
 
 def versions_behind(replica: Replica, views: Iterable[PeerView]) -> int:
     """Summed per-shard steps by which the freshest peer digest is ahead of this node."""
-    mine = replica.store.vector.packed
+    mine = replica.store.vector_view  # no copy: read here, before anything can apply
     epoch = replica.fencing.epoch
     newer_epoch = False
     best = mine.copy()
