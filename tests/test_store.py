@@ -220,9 +220,10 @@ def test_a_validation_that_frees_scanned_rows_voids_the_scan() -> None:
 
 
 def test_a_validation_released_in_slices_ends_as_one_released_at_once() -> None:
-    """``validate(w, release_max)`` frees at most that many step records now and the rest by
-    ``release_validated`` slices (a node spreads them over loop turns): the end state, undo
-    budget, readable versions and what can be rolled back, equals an eager release."""
+    """``validate(w, release_max)`` frees about that many shard steps now (whole deltas) and
+    the rest by ``release_validated`` slices (a node spreads them over loop turns): the end
+    state, undo budget, readable versions and what can be rolled back, equals an eager
+    release."""
     lineage = generate(LAYOUT, seed=6, steps=12)
     eager, stepped = ParamStore(LAYOUT), ParamStore(LAYOUT)
     for store in (eager, stepped):
@@ -274,9 +275,9 @@ def pending(store: ParamStore) -> bool:
 def test_the_budget_orders_hold_only_what_the_budgets_still_count(
     undo_max: int, history_max: int
 ) -> None:
-    """The undo and history age orders skip released and forgotten records lazily: over many
-    validations (large budgets), budget releases and trims (small ones) and a rollback they
-    stay as long as what they still count."""
+    """The undo and history age orders skip released and forgotten step groups lazily: over
+    many validations (large budgets), budget releases and trims (small ones) and a rollback
+    they stay as long as what they still count."""
     lineage = generate(LAYOUT, seed=9, steps=60)
     store = ParamStore(LAYOUT, undo_rows_max=undo_max, history_rows_max=history_max)
     for i, delta in enumerate(lineage.deltas):
@@ -285,11 +286,42 @@ def test_the_budget_orders_hold_only_what_the_budgets_still_count(
             store.validate(store.vector)
     store.rollback(VersionVector(lineage.states[-2].vector))  # forgets the last step
     log = store.log
-    appended = len(lineage.deltas) * LAYOUT.row_shards  # at least
-    with_undo = sum(r.has_undo for s in range(LAYOUT.n_shards) for r in log.records(s))
-    kept = sum(1 for s in range(LAYOUT.n_shards) for _ in log.records(s))
+    steps = [step for s in range(LAYOUT.n_shards) for step in log.records(s)]
+    with_undo = len({id(step.group) for step in steps if step.has_undo})
+    kept = len({id(step.group) for step in steps})
     assert log.undo_rows <= undo_max and log.history_rows <= max(undo_max, history_max)
-    slack = 2 * LAYOUT.n_shards * 7  # at most the records since the last validation
-    assert len(log._undo_order) <= with_undo + slack < appended
+    slack = 7  # at most the groups since the last validation
+    assert len(log._undo_order) <= with_undo + slack < len(lineage.deltas)
     assert len(log._history_order) <= kept + slack
+    store.validate_state()
+
+
+def test_a_delta_leaves_one_step_group_released_whole() -> None:
+    """One group per applied delta, whatever the shards it steps; a validation covering all of
+    them releases it whole, one covering some keeps the rest of its undo (those shards can
+    still be rolled back) until a later one covers them."""
+    lineage = generate(LAYOUT, seed=4, steps=3, rows_per_step=12)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas:
+        store.apply(delta)
+    first, last = lineage.deltas[0], lineage.deltas[-1]
+    assert len(first.shards) > 1 and len(last.shards) > 1
+    log = store.log
+    assert len(log._undo_order) == len(lineage.deltas)
+    group = next(iter(log.records(first.shards[0]))).group
+    assert group.shard_list == sorted(first.shards)
+    store.validate(VersionVector(lineage.states[1].vector))
+    assert not group.undo.any() and not group.slots and group.keys
+    partial = lineage.states[2].vector.copy()
+    kept_back = last.shards[0]
+    partial[kept_back] = lineage.states[2].vector[kept_back]
+    partial[list(last.shards[1:])] = lineage.states[3].vector[list(last.shards[1:])]
+    store.validate(VersionVector(partial))
+    newest = list(log.records(kept_back))[-1]
+    assert newest.has_undo and newest.group.undo_parts == 1
+    assert store.log.can_roll_back(kept_back, newest.base)
+    assert not store.can_read_at(last.shards[1], int(lineage.states[2].vector[last.shards[1]]))
+    store.validate_state()
+    store.validate(VersionVector(lineage.states[3].vector))
+    assert not newest.group.undo.any() and log.undo_rows == 0
     store.validate_state()

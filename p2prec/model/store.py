@@ -19,7 +19,7 @@ from p2prec.core.versions import VersionVector
 from p2prec.model.dense import DenseShard
 from p2prec.model.keyindex import DuplicateKeys
 from p2prec.model.layout import StoreLayout
-from p2prec.model.steplog import DenseValue, StepLog, StepRecord
+from p2prec.model.steplog import DenseValue, Released, StepGroup, StepLog
 from p2prec.model.table import EmbeddingTable, Written
 from p2prec.wire.messages import ParamDelta, TableRows
 
@@ -124,7 +124,6 @@ class ParamStore:
         self.log = StepLog(n, undo_rows_max, history_rows_max)
         self._tree: MerkleTree | None = None
         self.rewrites = 0  # rollbacks and shard replacements: they free rows a scan may hold
-        self._release_cursor: int | None = None  # next shard whose validated undo to release
 
     # -- state -------------------------------------------------------------------------------
 
@@ -167,31 +166,33 @@ class ParamStore:
         """Apply the shards of ``delta`` this store is ready for, in one vectorised batch per
         table. Shards already at or past the delta's version are skipped (re-applying changes
         nothing); shards behind its base are reported as gaps and left alone."""
-        status, steps = self._classify(delta)
+        shards, status, steps = self._classify(delta)
         self._check_dense(delta)
         batches = {
             name: self._rows_to_apply(name, rows, status, steps)
             for name, rows in delta.tables.items()
         }
         written = {name: self.tables[name].write(*batch) for name, batch in batches.items()}
-        applied = [s for s in delta.shards if status[s] == _APPLY]
+        shard_status = status[shards]
+        applied = shards[shard_status == _APPLY]
         self._record_steps(applied, steps, written, delta)
         self._enforce_budgets()
         self._dirty()
         return ApplyResult(
-            applied=tuple(applied),
-            duplicate=tuple(s for s in delta.shards if status[s] == _DUPLICATE),
-            gaps=tuple(s for s in delta.shards if status[s] == _GAP),
+            applied=tuple(applied.tolist()),
+            duplicate=tuple(shards[shard_status == _DUPLICATE].tolist()),
+            gaps=tuple(shards[shard_status == _GAP].tolist()),
             rows_written=sum(len(w) for w in written.values()),
         )
 
-    def _classify(self, delta: ParamDelta) -> tuple[I64, I64]:
-        """Per-shard status and a (2, n_shards) array of [base, version] of this delta."""
+    def _classify(self, delta: ParamDelta) -> tuple[I64, I64, I64]:
+        """The delta's shards, per-shard status and a (2, n_shards) array of [base, version]
+        of this delta."""
         n = self.layout.n_shards
         shards = np.asarray(delta.shards, dtype=np.int64)
         if shards.size and (shards.min() < 0 or shards.max() >= n):
             raise InvalidDelta(f"delta steps a shard outside 0..{n - 1}")
-        if np.unique(shards).size != shards.size:
+        if np.bincount(shards, minlength=n).max() > 1:
             raise InvalidDelta("delta steps a shard twice")
         bases = np.asarray(delta.bases, dtype=np.int64)
         versions = np.asarray(delta.versions, dtype=np.int64)
@@ -204,7 +205,7 @@ class ParamStore:
         status[shards] = np.where(
             current >= versions, _DUPLICATE, np.where(current >= bases, _APPLY, _GAP)
         )
-        return status, steps
+        return shards, status, steps
 
     def _check_dense(self, delta: ParamDelta) -> None:
         if delta.dense and self.layout.dense_shard not in delta.shards:
@@ -240,30 +241,37 @@ class ParamStore:
         return positions, keys, versions, values, shards
 
     def _record_steps(
-        self, applied: list[int], steps: I64, written: Mapping[str, Written], delta: ParamDelta
+        self, applied: I64, steps: I64, written: Mapping[str, Written], delta: ParamDelta
     ) -> None:
+        """One step group for the shards the delta stepped (``steplog.py``)."""
         grouped = {
             name: _ByShard(self.tables[name], w, self.layout.n_shards)
             for name, w in written.items()
         }
-        for group in grouped.values():
-            self._digests += group.digest_change
-        bases = self._vector.tolist()
-        versions = steps[1].tolist()
-        dense_shard = self.layout.dense_shard
-        for shard in applied:
-            keys, slots, rows = {}, {}, 0
-            for name, group in grouped.items():
-                lo, hi = group.bounds[shard], group.bounds[shard + 1]
-                keys[name], slots[name] = group.keys[lo:hi], group.slots[lo:hi]
-                rows += hi - lo
-            record = StepRecord(shard, bases[shard], versions[shard], keys, slots, rows)
-            if shard == dense_shard:
-                record.dense_prev = self.dense.write(delta.dense, record.version)
-                record.dense_names = tuple(record.dense_prev)
-                record.rows += len(record.dense_names)
-            self._vector[shard] = record.version
-            self.log.append(record)
+        for by_shard in grouped.values():
+            self._digests += by_shard.digest_change
+        if not applied.size:
+            return
+        shards = np.sort(applied)
+        offsets = {name: by_shard.part_offsets(shards) for name, by_shard in grouped.items()}
+        rows = np.zeros(shards.size, dtype=np.int64)
+        for part_offsets in offsets.values():
+            rows += np.diff(part_offsets)
+        group = StepGroup(
+            shards,
+            self._vector[shards],
+            steps[1, shards],
+            rows,
+            {name: by_shard.keys for name, by_shard in grouped.items()},
+            {name: by_shard.slots for name, by_shard in grouped.items()},
+            offsets,
+        )
+        if shards[-1] == self.layout.dense_shard:  # the dense shard is the last one
+            group.dense_part = shards.size - 1
+            group.dense_prev = self.dense.write(delta.dense, int(group.versions[-1]))
+            rows[-1] += len(group.dense_prev)
+        self._vector[shards] = group.versions
+        self.log.append(group)
 
     def _add_digests(self, table: EmbeddingTable, slots: I64, prev: I64, shards: I64) -> None:
         np.add.at(self._digests, shards, table.slot_hash[slots])
@@ -272,16 +280,20 @@ class ParamStore:
 
     # -- validation, undo and rollback ---------------------------------------------------------
 
-    def _release_undo(self, records: list[StepRecord]) -> None:
-        """Free the rows the records' writes replaced: one batch per table."""
+    def _release_undo(self, released: list[Released]) -> None:
+        """Free the rows the released parts' writes replaced: one batch per table (a group
+        released whole gives its slots as they are, no copy)."""
         by_table: dict[str, list[I64]] = {}
-        for record in records:
-            for name, slots in record.slots.items():
-                by_table.setdefault(name, []).append(slots)
-            record.slots = {}
-            record.dense_prev = {}
-        for name, parts in by_table.items():
-            self.tables[name].forget_prev(np.concatenate(parts))
+        for group, parts in released:
+            whole = bool(parts.all())
+            for name, slots in group.slots.items():
+                part_slots = slots if whole else slots[group.rows_of(name, parts)]
+                by_table.setdefault(name, []).append(part_slots)
+        for group, _parts in released:
+            if not group.undo_parts:
+                group.slots = {}  # undo all released: only the keys stay, as history
+        for name, batch in by_table.items():
+            self.tables[name].forget_prev(batch[0] if len(batch) == 1 else np.concatenate(batch))
 
     def _enforce_budgets(self) -> None:
         self._release_undo(self.log.release_over_budget())
@@ -289,36 +301,26 @@ class ParamStore:
 
     def validate(self, watermark: VersionVector, release_max: int | None = None) -> None:
         """Raise the validation watermark; undo information at or below it is released: all
-        of it now, or the oldest ``release_max`` step records now and the rest by
+        of it now, or about ``release_max`` shard steps of it now and the rest by
         ``release_validated`` (``release_pending`` says whether some is left)."""
         self._check_len(watermark)
         self._watermark = np.maximum(self._watermark, watermark.packed)
-        self._release_cursor = 0
+        self.log.begin_release()
         self.release_validated(release_max)
 
     @property
     def release_pending(self) -> bool:
-        return self._release_cursor is not None
+        return self.log.release_pending
 
     def release_validated(self, max_records: int | None = None) -> bool:
-        """Release the undo information at or below the watermark that ``validate`` left, at
-        most ``max_records`` step records of it (~2 us each: a validation every 100 deltas of
-        64 shards frees 6,400, a 12 ms stall of the loop when done at once); returns whether
+        """Release the undo information at or below the watermark that ``validate`` left,
+        about ``max_records`` shard steps of it (whole deltas: a delta over 64 shards counts
+        64, ~0.3 us each; one call passes the bound by less than one delta); returns whether
         some is still left."""
         if max_records is not None and max_records < 1:
             raise ValueError(f"max_records must be at least 1, got {max_records}")
-        released: list[StepRecord] = []
-        shard = self._release_cursor
-        n = self.layout.n_shards
-        while shard is not None and shard < n and len(released) != max_records:
-            left = None if max_records is None else max_records - len(released)
-            batch = self.log.release_validated(shard, int(self._watermark[shard]), left)
-            released += batch
-            if left is None or len(batch) < left:
-                shard += 1
-        self._release_cursor = shard if shard is not None and shard < n else None
-        self._release_undo(released)  # one batch for every shard released
-        return self._release_cursor is not None
+        self._release_undo(self.log.release_validated(self._watermark, max_records))
+        return self.log.release_pending
 
     def can_roll_back(self, to: VersionVector) -> list[int]:
         """Shards that ``rollback(to)`` could not restore (empty: it can)."""
@@ -352,13 +354,18 @@ class ParamStore:
 
     def _roll_back_shard(self, shard: int, to: int) -> None:
         self.rewrites += 1
-        for record in self.log.pop_newer(shard, to):
-            for name, slots in record.slots.items():
-                table = self.tables[name]
+        for step in self.log.pop_newer(shard, to):
+            group = step.group
+            for name in group.slots:
+                table, slots = self.tables[name], step.slots(name)
                 shards = np.full(slots.size, shard, dtype=np.int64)
                 self._add_digests(table, table.slot_prev[slots], slots, shards)
                 table.revert(slots)
-            self.dense.revert(record.dense_prev)
+            if step.index == group.dense_part:
+                self.dense.revert(group.dense_prev)
+                group.dense_prev = {}
+            if not group.undo_parts:
+                group.slots = {}
         self._vector[shard] = to
 
     def _check_len(self, vector: VersionVector) -> None:
@@ -402,12 +409,12 @@ class ParamStore:
     def changes_since(self, shard: int, since: int) -> ShardChanges | None:
         """Latest values of the rows of ``shard`` changed after packed version ``since``;
         None when the change history does not reach back that far (send a snapshot)."""
-        records = self.log.records_since(shard, since)
-        if records is None:
+        steps = self.log.records_since(shard, since)
+        if steps is None:
             return None
         tables = {}
         for name, table in self.tables.items():
-            keys = [r.keys[name] for r in records if name in r.keys]
+            keys = [step.table_keys(name) for step in steps if name in step.group.keys]
             tables[name] = _current_rows(
                 table,
                 np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64),
@@ -509,8 +516,8 @@ class ParamStore:
         """The dense tensors with their versions, now or as of version ``at``."""
         if at is None:
             return dict(self.dense.values)
-        records = reversed(list(self.log.records(self.layout.dense_shard)))
-        return self.dense.at(at, [r.dense_prev for r in records])
+        steps = reversed(list(self.log.records(self.layout.dense_shard)))
+        return self.dense.at(at, [step.dense_prev for step in steps])
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -527,6 +534,7 @@ class ParamStore:
             np.add.at(expected, shards, table.slot_hash[slots])
         expected[self.layout.dense_shard] = self.dense.digest
         assert (expected == self.digests).all(), "incremental digest differs from recomputed"
+        self.log.check()
 
 
 class _ByShard:
@@ -540,13 +548,21 @@ class _ByShard:
         self.slots = written.slots[order]
         self.keys = written.keys[order]
         bounds = np.searchsorted(small[order], np.arange(n_shards + 1))
-        self.bounds: list[int] = bounds.tolist()
+        self.bounds: I64 = bounds.astype(np.int64)
         prev = written.prev[order]
         had = prev >= 0
         change = written.hashes[order]
         change -= np.where(had, table.slot_hash[np.where(had, prev, 0)], np.uint64(0))
         running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(change, dtype=np.uint64)])
         self.digest_change = running[bounds[1:]] - running[bounds[:-1]]
+
+    def part_offsets(self, shards: I64) -> I64:
+        """Where each of ``shards`` (sorted, and holding every row written) starts, then the
+        end: part ``i`` holds ``keys[offsets[i]:offsets[i + 1]]``."""
+        offsets = np.empty(shards.size + 1, dtype=np.int64)
+        offsets[:-1] = self.bounds[shards]
+        offsets[-1] = self.bounds[-1]
+        return offsets
 
 
 def _by_shard_then_key(keys: I64, slots: I64, shards: I64) -> tuple[I64, I64, I64]:
