@@ -22,6 +22,7 @@ from p2prec.core.effects import Route
 from p2prec.core.publisher import Publisher
 from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
+from p2prec.io import node as node_module
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
 from p2prec.io.synthetic import SyntheticStream, step_deltas
@@ -248,6 +249,25 @@ def test_a_delta_wakes_the_owner_task_only_when_it_moves_a_deadline(tmp_path: Pa
             await asyncio.sleep(0)  # a turn of the loop: a woken owner task would run now
         await until(mesh.converged, "the deltas applied")
         assert node.counters.owner_turns - turns < deltas // 2  # timers only, not one per delta
+
+    run(tmp_path, body)
+
+
+def test_status_json_is_rewritten_promptly_after_a_change_and_seldom_when_idle(
+    tmp_path: Path,
+) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        before = node._status_state()
+        mesh.publish_step()
+        await until(mesh.converged, "the delta applied")
+        # As if status.json was written just before the delta, then just after it:
+        node._status_written_at, node._status_shown = node.now(), before
+        assert node._status_due() == node._status_written_at + node_module.STATUS_INTERVAL_S
+        node._status_shown = node._status_state()
+        assert node._status_due() == node._status_written_at + node_module.STATUS_REFRESH_S
 
     run(tmp_path, body)
 

@@ -51,7 +51,12 @@ from p2prec.wire.messages import (
 from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
-STATUS_INTERVAL_S = 0.2  # how often data_dir/status.json is rewritten
+# data_dir/status.json is rewritten STATUS_INTERVAL_S after the state it shows (vector,
+# watermark, epoch, members) changed, and every STATUS_REFRESH_S otherwise (readers call a file
+# older than 2 s stale). Rewriting an idle member's every 0.2 s cost it 2.5 ms of CPU per
+# second (measured in-process, 9 idle members: 6.1 -> 3.6 ms/s without it).
+STATUS_INTERVAL_S = 0.2
+STATUS_REFRESH_S = 1.0
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
@@ -144,6 +149,8 @@ class NodeDriver:
         self._jitter = random.Random()
         self._log_ratio_spread = self._spread()  # redrawn at every checkpoint
         self._next_status = 0.0
+        self._status_written_at = -math.inf
+        self._status_shown = b""  # the state the last status.json showed (_status_state)
         self._t0 = time.monotonic()
         self._dc_of: dict[str, str] = {}
         # (created_ms, publish -> applied ms) of the last applied deltas, for benchmarks
@@ -397,8 +404,21 @@ class NodeDriver:
         replaces a newer one."""
         if self._status_writing is not None and not self._status_writing.done():
             return
+        self._status_written_at, self._status_shown = self.now(), self._status_state()
         data = orjson.dumps(self.status(), option=orjson.OPT_SERIALIZE_NUMPY)
         self._status_writing = asyncio.create_task(asyncio.to_thread(self._replace_status, data))
+
+    def _status_state(self) -> bytes:
+        """What status.json shows that calls for a prompt rewrite when it changes."""
+        replica = self._replica
+        store = replica.store
+        members = len(replica.membership.alive_members())
+        head = f"{replica.fencing.epoch}/{members}/".encode()
+        return head + store.vector_view.tobytes() + store.watermark.packed.tobytes()
+
+    def _status_due(self) -> float:
+        changed = self._status_state() != self._status_shown
+        return self._status_written_at + (STATUS_INTERVAL_S if changed else STATUS_REFRESH_S)
 
     def _replace_status(self, data: bytes) -> None:
         path = self.disk.root / "status.json"
@@ -431,9 +451,10 @@ class NodeDriver:
         next turn is due (sooner if a message wakes it)."""
         self._carry_out(self._replica.tick(self.now()))
         self._sync_peers()
+        self._next_status = self._status_due()
         if self.now() >= self._next_status:
-            self._next_status = self.now() + STATUS_INTERVAL_S
             self._write_status_off_loop()
+            self._next_status = self._status_due()
         if self.now() >= self._next_checkpoint:
             self._next_checkpoint = self.now() + self._checkpoint_wait_s()
             if self._checkpoint_due():
@@ -466,10 +487,12 @@ class NodeDriver:
 
     def _due_sooner(self) -> bool:
         """True when the replica's next deadline moved before the one the owner task sleeps
-        until (a pull to schedule, undo to release). Waking it for every delta ran a whole
-        owner turn per delta: timers, peers and a new timeout, ~5% of a node's CPU."""
+        until (a pull to schedule, undo to release), or status.json is due sooner now that
+        the vector moved. Waking it for every delta ran a whole owner turn per delta: timers,
+        peers and a new timeout, ~5% of a node's CPU."""
         due = self._replica.next_deadline()
-        return due is not None and due < self._waiting_until
+        status_due = self._status_written_at + STATUS_INTERVAL_S  # the vector moved
+        return (due is not None and due < self._waiting_until) or status_due < self._waiting_until
 
     def _decode(self, frames: Sequence[Any]) -> Any:
         try:
