@@ -76,7 +76,7 @@ class ReplicaConfig:
     delta_log_bytes_max: int = 256 << 20  # signed deltas kept to serve catch-up
     repair_deltas_max: int = 512  # deltas in one catch-up answer
     seen_max: int = 8192  # tree messages remembered, so each is relayed once
-    release_step_records: int = 512  # validated undo records freed per turn (~1 ms of work)
+    release_step_records: int = 1024  # validated shard steps freed per turn (~0.3 us each)
 
 
 @dataclass
