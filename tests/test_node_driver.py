@@ -31,7 +31,7 @@ from p2prec.model.scoring import top_k
 from p2prec.serve.nodeview import missing_model
 from p2prec.sim.lineage import make_delta
 from p2prec.wire.codec import encode
-from p2prec.wire.messages import Rollback, Validated
+from p2prec.wire.messages import ParamDelta, Rollback, Validated
 from p2prec.wire.signing import Signer
 
 DEADLINE_S = 20.0
@@ -95,13 +95,25 @@ class Mesh:
         self.nodes[node_id] = driver
         return driver
 
-    def publish_step(self) -> None:
+    async def trainer_and_node(self, route: Route) -> tuple[NodeDriver, Envelope]:
+        """The trainer and node a1, members of each other, and the envelope of a message
+        from the trainer on ``route`` (to hand to ``a1._on_message``)."""
+        trainer_addr = await self.start_trainer()
+        node = await self.start_node("a1", "dc-a")
+        await until(lambda: self.members_known(2), "membership")
+        return node, Envelope(trainer_addr, "trainer", route, "trainer")
+
+    def next_delta(self) -> ParamDelta:
+        """A delta that continues the trainer's head (not published)."""
         assert self.trainer is not None and self.trainer.replica is not None
         store = self.trainer.replica.store
         keys = {t: np.unique(self.rng.integers(-50, 50, 6)) for t in store.layout.tables}
         epoch = self.trainer.replica.fencing.epoch
-        delta = make_delta(store.layout, store.vector.packed, keys, True, self.rng, epoch)
-        self.trainer.publish(delta)
+        return make_delta(store.layout, store.vector.packed, keys, True, self.rng, epoch)
+
+    def publish_step(self) -> None:
+        assert self.trainer is not None
+        self.trainer.publish(self.next_delta())
 
     def converged(self, names: list[str] | None = None) -> bool:
         assert self.trainer is not None and self.trainer.replica is not None
@@ -211,12 +223,9 @@ def test_an_owner_step_that_raises_is_logged_and_the_node_goes_on(tmp_path: Path
 
 def test_a_digest_naming_another_node_than_its_sender_is_dropped(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
-        trainer_addr = await mesh.start_trainer()
-        node = await mesh.start_node("a1", "dc-a")
-        await until(lambda: mesh.members_known(2), "membership")
+        node, envelope = await mesh.trainer_and_node(Route.MESH)
         assert mesh.trainer is not None and mesh.trainer.replica is not None
         store = mesh.trainer.replica.store
-        envelope = Envelope(trainer_addr, "trainer", Route.MESH, "trainer")
         before = node.counters.decode_rejected
         for claimed in ("b1", "trainer"):  # only the first names another node than the key's
             node._on_message(envelope, list(encode(digest_of(claimed, store, 1), None)))
@@ -232,18 +241,12 @@ def test_a_delta_wakes_the_owner_task_only_when_it_moves_a_deadline(tmp_path: Pa
     """Applying a delta moves no timer: the owner task (timers, peers, status) sleeps on."""
 
     async def body(mesh: Mesh) -> None:
-        trainer_addr = await mesh.start_trainer()
-        node = await mesh.start_node("a1", "dc-a")
-        await until(lambda: mesh.members_known(2), "membership")
-        assert mesh.trainer is not None and mesh.trainer.replica is not None
-        store = mesh.trainer.replica.store
-        envelope = Envelope(trainer_addr, "trainer", Route.TREE, "trainer")
+        node, envelope = await mesh.trainer_and_node(Route.TREE)
+        assert mesh.trainer is not None
         turns = node.counters.owner_turns
         deltas = 20
         for _ in range(deltas):
-            keys = {t: np.unique(mesh.rng.integers(-50, 50, 6)) for t in store.layout.tables}
-            epoch = mesh.trainer.replica.fencing.epoch
-            delta = make_delta(store.layout, store.vector.packed, keys, True, mesh.rng, epoch)
+            delta = mesh.next_delta()
             mesh.trainer.publish(delta)  # the trainer's own copy goes to the node as well
             node._on_message(envelope, list(encode(delta, mesh.signer)))
             await asyncio.sleep(0)  # a turn of the loop: a woken owner task would run now

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -260,11 +261,15 @@ class Rogue:
         return dealer
 
     def _connect(self, target: Member, keypair: tuple[bytes, bytes]) -> zmq.Socket[bytes]:
+        sock = self._socket(target, keypair)
+        sock.connect(f"tcp://{target.addr}")
+        return sock
+
+    def _socket(self, target: Member, keypair: tuple[bytes, bytes]) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         sock.curve_publickey, sock.curve_secretkey = keypair
         sock.curve_serverkey = load_public_key(public_key_file(self.curve_dir, target.node_id))
         sock.sndhwm, sock.sndtimeo, sock.linger = SEND_HWM, SEND_TIMEOUT_MS, 0
-        sock.connect(f"tcp://{target.addr}")
         return sock
 
     def over_link(self, target: Member) -> bool:
@@ -371,11 +376,16 @@ class Rogue:
         """Connect with a key pair the allow-list does not hold and send a forged delta and a
         catch-up request: True once the target refused the handshake (within ``timeout_s``)."""
         public, secret = zmq.curve_keypair()
-        sock = self._connect(target, (public, secret))
+        sock = self._socket(target, (public, secret))
+        # Watched before it connects: a refusal can come before the first send.
         monitor = watch_handshakes(sock, f"inproc://rogue-zap-{id(sock)}")
+        sock.connect(f"tcp://{target.addr}")
         try:
             request = SyncRequest(self.identity, (0,), (0,), False)
-            sock.send_multipart([self.env.of("mesh"), *_frames(request)], zmq.NOBLOCK)
+            # Refused before this send (seen once on a loaded host): the pipe is gone and
+            # nothing is queued to deliver.
+            with contextlib.suppress(zmq.Again):
+                sock.send_multipart([self.env.of("mesh"), *_frames(request)], zmq.NOBLOCK)
             return await _until(lambda: handshake_refused(monitor), timeout_s)
         finally:
             sock.disable_monitor()
