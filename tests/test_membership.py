@@ -32,8 +32,9 @@ from p2prec.core.membership import (
     to_body,
 )
 from p2prec.core.membership_broadcast import BroadcastQueue, retransmit_limit
-from p2prec.core.membership_messages import MembershipDecodeError
+from p2prec.core.membership_messages import INCARNATION_MAX, MembershipDecodeError
 from p2prec.core.membership_suspicion import Suspicion, suspicion_min_s
+from p2prec.core.membership_table import INCARNATION_JUMP_MAX
 
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
 DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
@@ -432,6 +433,33 @@ def test_accusations_and_older_lives_of_itself_are_outbid() -> None:
     assert m.incarnation == 5 and m.counters.refutations == 3
     assert m.piggyback(16) == [rec("a", inc=5, reporter="a")]  # the refutation is queued
     assert m.drain_changes() == []  # own refutations are not changes of others
+
+
+def test_gossip_cannot_claim_lives_a_node_cannot_have_had() -> None:
+    """Unsigned gossip from an allow-listed key: "b is dead at the highest incarnation" and
+    "b is alive far above its life" would evict b for good (it could never outbid them)."""
+    m = node("a")
+    m.merge([rec("b", inc=3)], 0.0)
+    m.merge([rec("b", DEAD, inc=INCARNATION_MAX, reporter="rogue")], 0.0)
+    record = m.member("b")
+    assert record is not None and (record.state, record.incarnation) == (DEAD, 3)
+    m.merge([rec("b", ALIVE, inc=4)], 0.0)  # b's refutation of the life known here wins
+    record = m.member("b")
+    assert record is not None and (record.state, record.incarnation) == (ALIVE, 4)
+    m.merge([rec("b", ALIVE, inc=4 + INCARNATION_JUMP_MAX + 1, addr="rogue@0")], 0.0)
+    m.merge([rec("x", ALIVE, inc=INCARNATION_JUMP_MAX + 1)], 0.0)  # an unknown node, too high
+    assert m.member("b") == rec("b", inc=4, reporter="b") and m.member("x") is None
+    assert m.counters.bad_input == 2
+    m.merge([rec("b", ALIVE, inc=4 + INCARNATION_JUMP_MAX, addr="b@1")], 0.0)  # within bounds
+    assert m.member("b") == rec("b", inc=4 + INCARNATION_JUMP_MAX, addr="b@1", reporter="b")
+
+
+def test_a_forged_accusation_of_itself_is_refuted_from_its_own_life() -> None:
+    m = node("a")
+    m.merge([rec("a", DEAD, inc=INCARNATION_MAX, reporter="rogue")], 0.0)
+    assert m.incarnation == 1 and m.counters.bad_input == 1  # outbids what peers keep of it
+    m.merge([rec("a", DEAD, inc=1, reporter="b")], 0.0)  # a peer's clamped copy
+    assert m.incarnation == 2
 
 
 def test_other_layers_can_carry_the_piggyback() -> None:

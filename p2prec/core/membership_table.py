@@ -6,6 +6,13 @@ same or a lower incarnation and starts a suspicion timer; ``dead``/``left`` win 
 with the same or a lower incarnation. A record of this node that it did not write (an accusation,
 or an older life at the same or a higher incarnation) is refuted by outbidding it.
 
+Bounds on what gossip may claim (SWIM messages are not signed: any allow-listed key can say
+anything about anyone). A node raises its incarnation by one per refutation, so a record of
+another node more than INCARNATION_JUMP_MAX above the life known here, or of an unknown node
+above it, is a forgery and is dropped; an accusation (suspect, dead, left) is taken as about
+the life known here, never a later one. Without the bounds one record, "dead at the highest
+incarnation", evicted a node that could never outbid it.
+
 Every accepted change is noted for ``drain_changes`` and queued for gossip.
 """
 
@@ -26,6 +33,7 @@ DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 PROBED = (ALIVE, SUSPECT)  # presumed alive: probed, and counted in the cluster size
 GONE = (DEAD, LEFT)
 CHANGES_MAX = 65536  # undrained changes kept (the oldest are dropped beyond)
+INCARNATION_JUMP_MAX = 1 << 20  # refutations a node may make between two records of it heard
 
 
 @dataclass
@@ -117,6 +125,11 @@ class MemberTable:
             self._about_self(record)
             return
         current = self.records.get(record.node_id)
+        bounded = self._bounded(record, current)
+        if bounded is None:
+            self.counters.bad_input += 1
+            return
+        record = bounded
         if record.state is ALIVE:
             self._on_alive(record, current, now)
         elif current is None or record.incarnation < current.incarnation:
@@ -125,6 +138,16 @@ class MemberTable:
             self._on_suspect(record, current, now)
         elif current.state not in GONE:
             self._accept(record, now)
+
+    @staticmethod
+    def _bounded(record: MemberRecord, current: MemberRecord | None) -> MemberRecord | None:
+        """``record`` within what its node can have done (module docstring), None if not."""
+        known = current.incarnation if current is not None else 0
+        if record.incarnation <= known:
+            return record
+        if record.state is not ALIVE:  # about the life known here (or ignored: unknown node)
+            return replace(record, incarnation=known) if current is not None else record
+        return record if record.incarnation - known <= INCARNATION_JUMP_MAX else None
 
     def _on_alive(self, record: MemberRecord, current: MemberRecord | None, now: float) -> None:
         # Same incarnation at another address: a restarted node that has not yet outbid its
@@ -145,8 +168,6 @@ class MemberTable:
         if suspicion is None:
             self._start_suspicion(record, now)
             return
-        if record.incarnation > current.incarnation:
-            self.records[record.node_id] = replace(current, incarnation=record.incarnation)
         if suspicion.confirm(record.reporter):
             self.broadcasts.push(record)  # spread the confirmation: others count it too
 
@@ -191,7 +212,11 @@ class MemberTable:
             return
         if record.state is ALIVE and _life(record) == _life(me):
             return
-        self._refute(record.incarnation, accused=record.state is not ALIVE)
+        seen = record.incarnation
+        if seen - me.incarnation > INCARNATION_JUMP_MAX:  # forged (peers drop or clamp it)
+            self.counters.bad_input += 1
+            seen = me.incarnation
+        self._refute(seen, accused=record.state is not ALIVE)
 
     def _refute(self, seen_incarnation: int, accused: bool) -> None:
         """Outbid a record of this node it did not write (an accusation or an older life)."""

@@ -367,10 +367,11 @@ def lying_digests(env: Envelopes, vector: Sequence[int], epoch: int) -> list[Pro
 
 def membership_lies(env: Envelopes, victim: tuple[str, str, str]) -> list[Probe]:
     """SWIM gossip (unsigned: any allow-listed key may say anything about anyone): ``victim``
-    (node id, address, datacenter) declared dead at the highest incarnation, which it cannot
-    outbid, and a member that does not exist declared alive. Peers believe both until the
-    dead-node timeout reclaims the records (the victim then rejoins and catches up; the ghost's
-    place in the trees loses deltas that anti-entropy repairs)."""
+    (node id, address, datacenter) declared dead at the highest incarnation, and a member that
+    does not exist declared alive. Peers take the first as about the victim's known life, which
+    it refutes (the member table bounds incarnations), and believe the ghost until the
+    dead-node timeout reclaims it (its place in the trees loses deltas that anti-entropy
+    repairs)."""
     node_id, addr, dc = victim
     dead = MemberRecord(node_id, addr, dc, INCARNATION_MAX, MemberState.DEAD, env.node)
     ghost = MemberRecord(GHOST_ID, GHOST_ADDR, dc, 0, MemberState.ALIVE, GHOST_ID)
