@@ -3,6 +3,7 @@ dry run, the seeded schedule, and the runner against a scripted backend on a vir
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,21 @@ def test_runner_reports_no_convergence_at_the_deadline() -> None:
     report = run_schedule(backend, [], 5.0, lambda _line: None, clock, clock.sleep)
     assert not report.converged and report.converge_s is None
     assert clock.now_s == pytest.approx(5.0)
+
+
+class StaleTrainerBackend(ScriptedBackend):
+    """Roots agree at once, but the trainer's status predates the pause for two polls."""
+
+    def health(self) -> dict[str, Any]:
+        self.polls += 1
+        written_s = time.time() + (-60.0 if self.polls < 3 else 60.0)
+        return {"nodes": [], "converged": True, "trainer_written_s": written_s}
+
+
+def test_runner_waits_for_a_trainer_status_taken_after_the_pause() -> None:
+    backend, clock = StaleTrainerBackend(), VirtualClock()
+    report = run_schedule(backend, [], 30.0, lambda _line: None, clock, clock.sleep)
+    assert report.converged and report.converge_s == pytest.approx(1.0)  # the third poll
 
 
 def test_every_action_has_an_executable_wrapper_in_chaos() -> None:

@@ -5,6 +5,7 @@ trainer's journal read back as a record."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from p2prec.core.versions import Version, VersionVector
@@ -29,6 +30,7 @@ from p2prec.proof.record import (
     read_record,
 )
 from p2prec.proof.report import ScenarioReport, crashes
+from p2prec.proof.scenario import mesh_converged
 from p2prec.sim.lineage import generate
 from p2prec.trainer.head import StoreHead
 from p2prec.trainer.journal import JournalHead
@@ -198,3 +200,14 @@ def test_an_observer_round_samples_fresh_reports_of_current_processes(tmp_path: 
     assert [s.member for s in found] == ["trainer", "n1"]  # 'old': written by another pid
     assert found[1].vector == (v(2, 3),) and found[1].watermark == (v(2, 1),)
     assert found[1].counters == {"applied": 5} and observer.latest()["n1"] is found[1]
+
+
+def test_convergence_waits_for_a_trainer_status_taken_after_the_pause() -> None:
+    """A trainer status older than the pause can equal every node's equally old one: what the
+    trainer published after it would then count as lost."""
+    trainer = Sample(9.0, "trainer", "trainer", 1, 2, "end", (v(2, 2),), (v(2, 2),))
+    held = Sample(9.0, "n1", "node", 100, 2, "end", (v(2, 2),), (v(2, 2),))
+    stale = {"trainer": replace(trainer, written_s=4.0), "n1": held}
+    fresh = {"trainer": replace(trainer, written_s=6.0), "n1": held}
+    assert not mesh_converged(stale, 1, paused_s=5.0)
+    assert mesh_converged(fresh, 1, paused_s=5.0)

@@ -175,7 +175,8 @@ class ComposeBackend:
             for mid, s in statuses.items()
             if mid != TRAINER_ID
         )
-        return {"nodes": nodes, "converged": converged}
+        written_s = None if trainer is None else trainer.get("written_s")
+        return {"nodes": nodes, "converged": converged, "trainer_written_s": written_s}
 
     def _status(self, member_id: str) -> dict[str, Any] | None:
         if self.dry_run:

@@ -118,12 +118,18 @@ def wait_converged(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> float | None:
-    """Seconds until every node's root equals the trainer's, or None at the deadline."""
+    """Seconds until every node's root equals the trainer's, as the trainer reported it after
+    the pause (an older status of it can match the nodes' equally old ones), or None at the
+    deadline."""
     out(backend.quiesce(True))
+    paused_s = time.time()
     started = clock()
     try:
         while clock() - started < deadline_s:
-            if backend.health()["converged"]:
+            health = backend.health()
+            written_s = health.get("trainer_written_s")
+            fresh = written_s is None or float(written_s) >= paused_s  # None: not reported
+            if health["converged"] and fresh:
                 return clock() - started
             sleep(POLL_S)
         return None

@@ -57,6 +57,7 @@ log = get_logger("p2prec.node")
 # second (measured in-process, 9 idle members: 6.1 -> 3.6 ms/s without it).
 STATUS_INTERVAL_S = 0.2
 STATUS_REFRESH_S = 1.0
+STATUS_RETRY_S = 0.02  # while the previous status.json is still being written
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
@@ -394,19 +395,27 @@ class NodeDriver:
             "transport": self.transport.counters.as_dict(),
             "driver": dataclasses.asdict(self.counters),
             "url": self.http_url,
+            "written_s": time.time(),  # when this status was taken (readers judge freshness)
         }
 
-    def _write_status_off_loop(self) -> None:
+    def status_soon(self) -> None:
+        """Rewrite status.json within STATUS_INTERVAL_S, as after a change of state (e.g. the
+        trainer paused: a checker then waits for a status taken after the pause)."""
+        self._status_shown = b""
+        self._wake.set()
+
+    def _write_status_off_loop(self) -> bool:
         """``data_dir/status.json`` (read by tools and tests), replaced atomically by a worker
         thread: creating and renaming a file on the loop waited up to 16 ms for the
         filesystem's journal while a checkpoint fsynced its snapshots (measured on ext4), a
         stall of every query and delta. One write at a time, so that an older status never
-        replaces a newer one."""
+        replaces a newer one. False when the previous write is still in progress."""
         if self._status_writing is not None and not self._status_writing.done():
-            return
+            return False
         self._status_written_at, self._status_shown = self.now(), self._status_state()
         data = orjson.dumps(self.status(), option=orjson.OPT_SERIALIZE_NUMPY)
         self._status_writing = asyncio.create_task(asyncio.to_thread(self._replace_status, data))
+        return True
 
     def _status_state(self) -> bytes:
         """What status.json shows that calls for a prompt rewrite when it changes."""
@@ -453,8 +462,8 @@ class NodeDriver:
         self._sync_peers()
         self._next_status = self._status_due()
         if self.now() >= self._next_status:
-            self._write_status_off_loop()
-            self._next_status = self._status_due()
+            written = self._write_status_off_loop()
+            self._next_status = self._status_due() if written else self.now() + STATUS_RETRY_S
         if self.now() >= self._next_checkpoint:
             self._next_checkpoint = self.now() + self._checkpoint_wait_s()
             if self._checkpoint_due():

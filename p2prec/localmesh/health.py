@@ -141,6 +141,8 @@ def mesh_health(mesh: dict[str, Any]) -> dict[str, Any]:
         "ready": all(n["ready"] for n in nodes),
         "converged": _converged(trainer, statuses),
         "trainer_root": None if trainer is None else trainer["merkle_root"],
+        # when the trainer took the status compared (a paused trainer's must be newer)
+        "trainer_written_s": None if trainer is None else trainer.get("written_s"),
     }
 
 

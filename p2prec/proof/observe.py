@@ -41,6 +41,7 @@ class Sample:
     vector: tuple[int, ...]
     watermark: tuple[int, ...]
     counters: dict[str, int] = field(default_factory=dict, compare=False)
+    written_s: float = field(default=0.0, compare=False)  # when the member took the status
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def sample_of(member: dict[str, Any], status: dict[str, Any], t_s: float) -> Sam
         vector=tuple(int(v) for v in status["vector"]),
         watermark=tuple(int(v) for v in status.get("watermark", ())),
         counters={k: int(v) for k, v in (status.get("counters") or {}).items()},
+        written_s=float(status.get("written_s") or 0.0),
     )
 
 

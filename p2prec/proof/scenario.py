@@ -158,11 +158,12 @@ class MeshScenario:
         self.act("heal")
         healed_s = time.monotonic()
         self.note(self.backend.quiesce(True))
+        paused_s = time.time()
         self.observer.stop()
         finals: dict[str, Sample] = {}
         while time.monotonic() - healed_s < deadline_s:
             finals = {s.member: s for s in self.observer.round()}
-            if _converged(finals, len(self.members())):
+            if mesh_converged(finals, len(self.members()), paused_s):
                 return time.monotonic() - healed_s, finals
             time.sleep(POLL_S)  # polling a condition with a deadline
         return None, finals
@@ -189,10 +190,14 @@ class MeshScenario:
         )
 
 
-def _converged(finals: dict[str, Sample], nodes: int) -> bool:
+def mesh_converged(finals: dict[str, Sample], nodes: int, paused_s: float) -> bool:
+    """Every node holds the trainer's vector and root, as the trainer reported them after it
+    was paused: an older status of the trainer (rewritten 0.2 s after a change) could show
+    the state every node's equally old status shows, and what the trainer published after it
+    would count as lost (seen: the rogue scenario, 2 steps)."""
     trainer = next((s for s in finals.values() if s.role == "trainer"), None)
     held = [s for s in finals.values() if s.role == "node"]
-    if trainer is None or len(held) != nodes:
+    if trainer is None or len(held) != nodes or trainer.written_s < paused_s:
         return False
     return all(s.vector == trainer.vector and s.root == trainer.root for s in held)
 

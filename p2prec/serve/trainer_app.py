@@ -147,6 +147,7 @@ class TrainerApi:
 
     async def pause(self, _request: web.Request) -> web.Response:
         self.trainer.pause()
+        self.driver.status_soon()  # checkers wait for a status taken after the pause
         return json_response({"paused": True, **self._head()})
 
     async def resume(self, _request: web.Request) -> web.Response:
