@@ -1,6 +1,7 @@
 """The state of every member of a local mesh, for ``p2prec status``, the live view and chaos.
 
-Vector, root and epoch come from each member's ``status.json`` (rewritten every 0.2 s).
+Vector, root and epoch come from each member's ``status.json`` (rewritten 0.2 s after a
+change, at least every 1 s).
 Readiness comes from ``GET /readyz`` when the member has an HTTP API, else from the status file:
 alive, fresh, holding a model and not too far behind the trainer. Lag in milliseconds is the
 member's own figure (``/v1/status``) when it has one, else an estimate: deltas behind the

@@ -84,8 +84,8 @@ class Member:
     data_dir: Path  # where its status.json is (the local mesh's; unused for remote targets)
 
     def status_age_s(self) -> float:
-        """Seconds since the member last wrote status.json (its owner task does, every 0.2 s:
-        a node whose task died keeps its process and HTTP API but stops writing)."""
+        """Seconds since the member last wrote status.json (its owner task does, at least
+        every 1 s: a node whose task died keeps its process and HTTP API but stops writing)."""
         try:
             return time.time() - (self.data_dir / "status.json").stat().st_mtime
         except OSError:
