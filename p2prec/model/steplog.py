@@ -111,11 +111,6 @@ class ShardStep:
     def has_undo(self) -> bool:
         return bool(self.group.undo[self.index])
 
-    @property
-    def keys(self) -> dict[str, I64]:
-        """Per table: keys this step wrote."""
-        return {name: self.table_keys(name) for name in self.group.keys}
-
     def table_keys(self, name: str) -> I64:
         """Keys this step wrote in table ``name`` (the delta must have carried it)."""
         return self.group.keys[name][self.group.span(name, self.index)]
