@@ -194,7 +194,8 @@ def start_mesh(
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     procs.append(start(root, "trainer", trainer_cmd, pinning.trainer, env))
     node_cmd = node_command(root, "n1", "dc1", seeds=[f"trainer@127.0.0.1:{port}"])
-    procs.append(start(root, "n1", node_cmd + sets(common), pinning.node))
+    node_sets = dict(kv.split("=", 1) for kv in args.node_set)
+    procs.append(start(root, "n1", node_cmd + sets({**common, **node_sets}), pinning.node))
     if pinning.node:
         os.sched_setaffinity(0, pinning.node)  # this process: the load generator
     for name, proc in zip(("trainer", "node n1"), procs, strict=True):
@@ -422,6 +423,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="no CPU affinity (every process on every CPU)"
+    )
+    parser.add_argument(
+        "--node-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key of the node (repeatable), e.g. http.serving_thread=false",
     )
     args = parser.parse_args()
     pinning = Pinning.choose(not args.no_pin)

@@ -258,7 +258,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
     from p2prec.io.synthetic import SyntheticStream, run_stream
     from p2prec.serve.app import make_node_app
-    from p2prec.serve.server import RunningServer, serve_http
+    from p2prec.serve.server import Server, serve_http
     from p2prec.wire.signing import Signer, Verifier
 
     verifier = Verifier.load(config.keys.trainer_public_key)
@@ -270,7 +270,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await driver.start()
     stream = None
-    server: RunningServer | None = None
+    server: Server | None = None
     if args.synthetic_rate > 0:
         spec = SyntheticStream(
             args.synthetic_rate,
@@ -280,7 +280,12 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         )
         stream = asyncio.create_task(run_stream(driver, spec))
     try:
-        server = await serve_http(driver, config.http, lambda: make_node_app(driver, config))
+        threaded = config.http.serving_thread
+        server = await serve_http(
+            driver, config.http, lambda: make_node_app(driver, config), threaded=threaded
+        )
+        if threaded and server is not None:
+            _queries_first(config, server)
         await stop.wait()
     finally:
         if server is not None:
@@ -290,6 +295,18 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream
         await driver.close()
+
+
+def _queries_first(config: Config, server: object) -> None:
+    """A node process with a serving thread: the GIL switches within the configured interval,
+    and every other thread runs at a lower CPU priority (``p2prec.io.priority``)."""
+    from p2prec.io.priority import lower_other_threads
+    from p2prec.serve.server import ThreadedServer
+
+    if not isinstance(server, ThreadedServer) or server.native_id is None:
+        return
+    sys.setswitchinterval(config.http.gil_switch_interval_ms / 1000)
+    lower_other_threads(config.http.replication_nice, keep={server.native_id})
 
 
 def _add_trainer_command(
@@ -339,7 +356,7 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
 
 async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
-    from p2prec.serve.server import RunningServer, serve_http
+    from p2prec.serve.server import Server, serve_http
     from p2prec.serve.trainer_app import make_trainer_app
     from p2prec.trainer.head import DriverHead
     from p2prec.trainer.runtime import Trainer, build_trainer
@@ -353,7 +370,7 @@ async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await driver.start()
     trainer: Trainer | None = None
-    server: RunningServer | None = None
+    server: Server | None = None
     try:
         trainer = build_trainer(config, DriverHead(driver), args.device)
         trainer.resume()

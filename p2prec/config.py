@@ -616,6 +616,29 @@ class HttpConfig(_Section):
         "than this many milliseconds.",
         ge=0,
     )
+    serving_thread: bool = _key(
+        True,
+        "A node answers HTTP on a thread and event loop of its own, reading the store under "
+        "the driver's state lock, so a query waits for at most one store change, not for a "
+        "delta's receive, verification and persistence (false: on the replication loop).",
+    )
+    replication_nice: int = _key(
+        19,
+        "`p2prec node` with a serving thread: raise the nice value of every other thread "
+        "(replication, ZeroMQ I/O, disk writers) by this much, so a query preempts them on a "
+        "busy CPU; they get what queries and other work leave (a node that falls behind "
+        "says so in /readyz). 0: equal priority.",
+        ge=0,
+        le=19,
+    )
+    gil_switch_interval_ms: float = _key(
+        0.05,
+        "`p2prec node` with a serving thread: Python's GIL switch interval "
+        "(sys.setswitchinterval; Python's default is 5 ms): how long a query waits for the "
+        "interpreter while replication code runs, each time it comes back from I/O.",
+        gt=0,
+        le=100,
+    )
 
 
 # --- presets ---------------------------------------------------------------------------------

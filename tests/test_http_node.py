@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from p2prec.io.transport import DRAIN_BUDGET_S, SERVING_DRAIN_BUDGET_S
 from p2prec.log import reset_logging
 from p2prec.model import scoring
 from p2prec.serve import queries
+from p2prec.serve.server import ThreadedServer
 
 DEADLINE_S = 20.0
 
@@ -288,13 +290,65 @@ def test_admin_calls_need_the_token_and_link_faults_take_effect(tmp_path: Path) 
     run_mesh(tmp_path, body)
 
 
-def test_a_query_makes_the_receive_loop_yield_sooner_for_a_while(tmp_path: Path) -> None:
+def test_a_query_on_the_replication_loop_makes_it_yield_sooner_for_a_while(
+    tmp_path: Path,
+) -> None:
+    async def body(mesh: HttpMesh, session: aiohttp.ClientSession) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        client = Client(await mesh.serve(node, serving_thread=False), session)
+        assert node.transport.drain_budget_s() == DRAIN_BUDGET_S  # no query yet
+        await client.get("/healthz")
+        assert node.transport.drain_budget_s() == SERVING_DRAIN_BUDGET_S
+
+    run_mesh(tmp_path, body)
+
+
+def test_queries_on_a_serving_thread_leave_the_replication_loop_alone(tmp_path: Path) -> None:
     async def body(mesh: HttpMesh, session: aiohttp.ClientSession) -> None:
         await mesh.start_trainer()
         node = await mesh.start_node("a1", "dc-a")
         client = Client(await mesh.serve(node), session)
-        assert node.transport.drain_budget_s() == DRAIN_BUDGET_S  # no query yet
-        await client.get("/healthz")
-        assert node.transport.drain_budget_s() == SERVING_DRAIN_BUDGET_S
+        mesh.publish_model_step()
+        await until(mesh.converged, "the step on a1")
+        assert (await client.get("/v1/recommend", user=1, k=3))[0] == 200
+        assert node.transport.drain_budget_s() == DRAIN_BUDGET_S
+        server = mesh.servers[-1]
+        assert isinstance(server, ThreadedServer)
+        assert server.native_id != threading.get_native_id()  # answered on another thread
+
+    run_mesh(tmp_path, body)
+
+
+def test_the_owner_loop_changes_the_replica_holding_the_state_lock(tmp_path: Path) -> None:
+    """The serving thread reads under ``state_lock``; that is only safe if every change of the
+    replica (a delta applied, a timer turn) happens holding it."""
+
+    async def body(mesh: HttpMesh, session: aiohttp.ClientSession) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        client = Client(await mesh.serve(node), session)
+        replica = node.replica
+        assert replica is not None
+        held: list[tuple[str, bool]] = []
+        apply, tick = replica.store.apply, replica.tick
+
+        def watched_apply(delta: Any) -> Any:
+            held.append(("apply", node.state_lock.locked()))
+            return apply(delta)
+
+        def watched_tick(now: float) -> Any:
+            held.append(("tick", node.state_lock.locked()))
+            return tick(now)
+
+        replica.store.apply = watched_apply  # type: ignore[method-assign]
+        replica.tick = watched_tick  # type: ignore[method-assign]
+        await until(lambda: mesh.members_known(2), "membership")
+        for _ in range(3):
+            mesh.publish_model_step()
+        await until(mesh.converged, "the steps on a1")
+        await until(lambda: {kind for kind, _ in held} == {"apply", "tick"}, "both kinds")
+        assert all(locked for _, locked in held), held
+        assert (await client.get("/v1/recommend", user=1, k=3))[0] == 200
 
     run_mesh(tmp_path, body)

@@ -15,7 +15,7 @@ from p2prec.config import Config, HttpConfig
 from p2prec.io.node import NodeDriver
 from p2prec.model.scoring import B1, B2, BIAS, W1, W2
 from p2prec.serve.app import make_node_app
-from p2prec.serve.server import RunningServer, serve_http
+from p2prec.serve.server import Server, serve_http
 from p2prec.sim.lineage import make_delta
 
 TOKEN = "s3cret-token"
@@ -42,7 +42,7 @@ class HttpMesh(Mesh):
 
     def __init__(self, tmp: Any) -> None:
         super().__init__(tmp)
-        self.servers: list[RunningServer] = []
+        self.servers: list[Server] = []
 
     @property
     def head(self) -> NodeDriver:
@@ -67,9 +67,18 @@ class HttpMesh(Mesh):
         assert isinstance(publisher, Publisher)
         self.head.publish(publisher.validated_head(0))
 
-    async def serve(self, driver: NodeDriver, admin_token: str = TOKEN) -> str:
-        config = with_http(driver.config, admin_token=admin_token)
-        server = await serve_http(driver, config.http, lambda: make_node_app(driver, config))
+    async def serve(
+        self, driver: NodeDriver, admin_token: str = TOKEN, serving_thread: bool = True
+    ) -> str:
+        """Serve ``driver``'s app: on a serving thread (the default, as ``p2prec node``), or
+        on the driver's own loop."""
+        config = with_http(driver.config, admin_token=admin_token, serving_thread=serving_thread)
+        server = await serve_http(
+            driver,
+            config.http,
+            lambda: make_node_app(driver, config),
+            threaded=config.http.serving_thread,
+        )
         assert server is not None
         self.servers.append(server)
         return server.url

@@ -4,6 +4,11 @@ One owner task holds the replica: messages from the transport are decoded (signa
 verified) and handed to ``Replica.handle``; one timer wakes the replica at its
 ``next_deadline()``; ``Send`` effects go to the transport, ``Persist`` effects to the node's log
 on disk, ``Note`` effects to structlog. The same driver runs the trainer's ``Publisher``.
+
+Only the driver's event loop changes the replica, and it does so holding ``state_lock``;
+readers on other threads (a serving thread, ``p2prec.serve.server``) read the replica holding
+it too, so they see a delta applied whole or not at all. Work that changes node state from
+another thread goes through ``call_in_owner``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import gc
 import math
 import os
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -51,6 +57,7 @@ from p2prec.wire.messages import (
 from p2prec.wire.signing import Signer, Verifier
 
 log = get_logger("p2prec.node")
+T = TypeVar("T")
 # data_dir/status.json is rewritten STATUS_INTERVAL_S after the state it shows (vector,
 # watermark, epoch, members) changed, and every STATUS_REFRESH_S otherwise (readers call a file
 # older than 2 s stale). Rewriting an idle member's every 0.2 s cost it 2.5 ms of CPU per
@@ -59,6 +66,7 @@ STATUS_INTERVAL_S = 0.2
 STATUS_REFRESH_S = 1.0
 STATUS_RETRY_S = 0.02  # while the previous status.json is still being written
 APPLIED_MAX = 100_000  # applied-delta latencies kept (written to applied.json on close)
+LATENCY_FEED_MAX = 10_000  # latencies waiting for the metrics (the oldest drop first)
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
 DIGEST_STEP_SHARDS = 4  # shards hashed per loop turn by validated_head
@@ -138,6 +146,10 @@ class NodeDriver:
         self.transport = Transport.from_config(config, self._on_message, self._peer_class)
         self.replica: Replica | None = None
         self.http_url: str | None = None  # set by the HTTP server (p2prec.serve)
+        # Held by the owner loop while it changes the replica, by other threads while they
+        # read it (module docstring).
+        self.state_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._waiting_until = 0.0  # the deadline the owner task sleeps until
         self._task: asyncio.Task[None] | None = None
@@ -156,6 +168,8 @@ class NodeDriver:
         self._dc_of: dict[str, str] = {}
         # (created_ms, publish -> applied ms) of the last applied deltas, for benchmarks
         self.applied: collections.deque[tuple[int, float]] = collections.deque(maxlen=APPLIED_MAX)
+        # The same latencies (ms) until the metrics observe them (``UpdateLatencyFeed``).
+        self.latency_feed: collections.deque[float] = collections.deque(maxlen=LATENCY_FEED_MAX)
 
     @property
     def is_publisher(self) -> bool:
@@ -167,6 +181,7 @@ class NodeDriver:
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> str:
+        self._loop = asyncio.get_running_loop()
         addr = await self.transport.start()
         store = ParamStore(
             store_layout(self.config),
@@ -255,6 +270,18 @@ class NodeDriver:
             log.error("node_task_stuck", wait_s=CLOSE_WAIT_S)
         elif not task.cancelled() and (exc := task.exception()) is not None:
             log.error("node_task_failed", exc_info=exc)
+
+    async def call_in_owner(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the driver's event loop, awaited from any loop: how another thread
+        changes node state (an admin call on the serving thread)."""
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
 
     # -- recovery and checkpoints ---------------------------------------------------------------
 
@@ -458,7 +485,9 @@ class NodeDriver:
     def _step(self) -> float:
         """One turn of the owner task: timers, peers, status, checkpoints; returns when the
         next turn is due (sooner if a message wakes it)."""
-        self._carry_out(self._replica.tick(self.now()))
+        with self.state_lock:
+            effects = self._replica.tick(self.now())
+        self._carry_out(effects)
         self._sync_peers()
         self._next_status = self._status_due()
         if self.now() >= self._next_status:
@@ -489,8 +518,10 @@ class NodeDriver:
             log.warning("sender_mismatch", claimed=msg.sender, node=envelope.node)
             return
         event = Incoming(envelope.sender, msg, frames, envelope.route)
-        self._carry_out(self.replica.forward(event))  # children first, then apply here
-        self._carry_out(self.replica.handle(event, self.now()))
+        with self.state_lock:
+            self._carry_out(self.replica.forward(event))  # children first, then apply here
+            effects = self.replica.handle(event, self.now())
+        self._carry_out(effects)
         if not isinstance(msg, ParamDelta) or self._due_sooner():
             self._wake.set()  # members (peer keys), timers or deadlines may have changed
 
@@ -531,7 +562,9 @@ class NodeDriver:
         exact between processes of one host, as good as clock sync across hosts."""
         created_ms = int(fields.get("created_ms", 0))
         if created_ms > 0:
-            self.applied.append((created_ms, time.time() * 1000 - created_ms))
+            latency_ms = time.time() * 1000 - created_ms
+            self.applied.append((created_ms, latency_ms))
+            self.latency_feed.append(latency_ms)
 
     def _send(self, effect: Send) -> None:
         if effect.raw is not None and isinstance(effect.raw, list):
@@ -589,12 +622,13 @@ class NodeDriver:
         if not isinstance(replica, Publisher) or self.signer is None:
             raise RuntimeError("only the trainer, with its signing key, publishes")
         frames = list(encode(msg, self.signer))
-        if isinstance(msg, ParamDelta):
-            effects = replica.publish(msg, frames)
-        elif isinstance(msg, Validated):
-            effects = replica.publish_validated(msg, frames)
-        else:
-            effects = replica.publish_rollback(msg, frames)
+        with self.state_lock:
+            if isinstance(msg, ParamDelta):
+                effects = replica.publish(msg, frames)
+            elif isinstance(msg, Validated):
+                effects = replica.publish_validated(msg, frames)
+            else:
+                effects = replica.publish_rollback(msg, frames)
         self.disk.append(frames)
         self._carry_out(effects)
         self._wake.set()

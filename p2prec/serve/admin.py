@@ -3,6 +3,8 @@ rate (``Transport.set_wan_uplink``: the local backend's ``throttle-wan``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from p2prec.io.node import NodeDriver
@@ -28,7 +30,8 @@ class LinkFaults:
     a datacenter (``dc:NAME``, resolved through this node's membership view); with
     ``rate_kbit`` (target then optional) it also shapes this node's WAN uplink, every send to
     another datacenter, at that rate (0: unlimited). ``DELETE`` clears them all and puts the
-    uplink back to ``mesh.wan_uplink_mbit``."""
+    uplink back to ``mesh.wan_uplink_mbit``. The changes run on the driver's loop, which owns
+    the membership and the transport (the handlers may run on a serving thread)."""
 
     def __init__(self, driver: NodeDriver) -> None:
         self.driver = driver
@@ -52,6 +55,9 @@ class LinkFaults:
 
     async def set_fault(self, request: web.Request) -> web.Response:
         body = parse_json_object(await request.read())
+        return json_response(await self.driver.call_in_owner(lambda: self._set_fault(body)))
+
+    def _set_fault(self, body: dict[str, Any]) -> dict[str, object]:
         rate_kbit = None
         if "rate_kbit" in body:
             rate_kbit = parse_nonnegative_int("rate_kbit", body["rate_kbit"], RATE_KBIT_MAX)
@@ -68,12 +74,15 @@ class LinkFaults:
             self.driver.transport.set_wan_uplink(rate_kbit * 1000 / 8)
             log.warning("admin_wan_uplink", rate_kbit=rate_kbit)
             answer["rate_kbit"] = rate_kbit
-        return json_response(answer)
+        return answer
 
     async def clear(self, _request: web.Request) -> web.Response:
+        await self.driver.call_in_owner(self._clear)
+        return json_response({"cleared": True})
+
+    def _clear(self) -> None:
         self.driver.transport.clear_link_faults()
         configured = self.driver.config.mesh.wan_uplink_mbit * MBIT
         if self.driver.transport.wan_uplink_bytes_s != configured:
             self.driver.transport.set_wan_uplink(configured)
         log.warning("admin_link_faults_cleared")
-        return json_response({"cleared": True})

@@ -9,6 +9,10 @@ GET  /metrics            Prometheus exposition
 POST /admin/link-fault   {"target": ADDR | PREFIX | "dc:NAME", "drop": bool, "delay_ms": N,
                          "rate_kbit": N (this node's WAN uplink; target then optional)}
 DELETE /admin/link-fault clear every link fault, the uplink back to mesh.wan_uplink_mbit
+
+The handlers may run on a serving thread (``http.serving_thread``): every read of the replica
+holds the driver's ``state_lock`` (the owner loop holds it while it changes the replica), and
+admin calls run on the driver's loop (``NodeDriver.call_in_owner``).
 """
 
 from __future__ import annotations
@@ -59,14 +63,17 @@ class NodeApi:
         self.views = ModelViews()
 
     def lag(self) -> Lag:
+        """The lag now (the caller holds the state lock)."""
         return self.lag_tracker.observe(self.driver.replica)
 
     def readiness(self) -> Readiness:
+        """Readiness now (the caller holds the state lock)."""
         return readiness(self.driver, self.lag(), self.http.ready_lag_ms_max)
 
     def sample(self) -> None:
         """Samples the lag and feeds the update histogram between requests."""
-        self.lag()
+        with self.driver.state_lock:
+            self.lag()
         self.updates.drain()
 
     # -- handlers ---------------------------------------------------------------------------------
@@ -75,20 +82,24 @@ class NodeApi:
         return json_response({"ok": True})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        ready = self.readiness()
+        with self.driver.state_lock:
+            ready = self.readiness()
         if ready.ready:
             return json_response({"ready": True})
         return json_response({"ready": False, "reason": ready.reason}, 503)
 
     def _answer(self, query: Callable[[Replica], dict[str, Any]]) -> web.Response:
-        """``query`` over the replica, or 503 while there is no model to read."""
-        replica = self.driver.replica
-        if replica is None or replica.store.vector.total_seq() == 0:
-            return error_response(503, "no model yet")
-        try:
-            return json_response(query(replica))
-        except ModelUnavailable as exc:
-            return error_response(503, f"no model for this read: {exc}")
+        """``query`` over the replica, or 503 while there is no model to read. The query
+        reads under the state lock: one model state, never a delta half applied."""
+        with self.driver.state_lock:
+            replica = self.driver.replica
+            if replica is None or replica.store.vector.total_seq() == 0:
+                return error_response(503, "no model yet")
+            try:
+                body = query(replica)
+            except ModelUnavailable as exc:
+                return error_response(503, f"no model for this read: {exc}")
+        return json_response(body)
 
     async def recommend(self, request: web.Request) -> web.Response:
         query = request.query
@@ -107,25 +118,26 @@ class NodeApi:
         return self._answer(lambda replica: queries.score(replica, user, items, consistency))
 
     async def status(self, _request: web.Request) -> web.Response:
-        if self.driver.replica is None:
-            return error_response(503, "starting")
-        lag = self.lag()
-        ready = readiness(self.driver, lag, self.http.ready_lag_ms_max)
-        return json_response(node_status(self.driver, lag, ready))
+        with self.driver.state_lock:
+            if self.driver.replica is None:
+                return error_response(503, "starting")
+            lag = self.lag()
+            ready = readiness(self.driver, lag, self.http.ready_lag_ms_max)
+            body = node_status(self.driver, lag, ready)
+        return json_response(body)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         self.updates.drain()
-        body = generate_latest(self.registry)
+        with self.driver.state_lock:  # the collector reads the replica
+            body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_node_app(driver: NodeDriver, config: Config) -> web.Application:
     api = NodeApi(driver, config)
-    middlewares = [
-        query_middleware(driver.transport.note_query),
-        latency_middleware(api.http_latency),
-        error_middleware(),
-    ]
+    middlewares = [latency_middleware(api.http_latency), error_middleware()]
+    if not config.http.serving_thread:  # queries share the replication loop: it yields more
+        middlewares.insert(0, query_middleware(driver.transport.note_query))
     app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(ticker(api.sample, LAG_SAMPLE_INTERVAL_S, "p2prec-http-ticker"))
     app.router.add_get("/healthz", api.healthz)

@@ -2,7 +2,7 @@
 
 Counters of the driver, the replica and the transport are read at scrape time by a custom
 collector (no double bookkeeping); the update-latency histogram is fed from the driver's record
-of applied deltas (``NodeDriver.applied``) by the app's ticker and at scrape time.
+of applied deltas (``NodeDriver.latency_feed``) by the app's ticker and at scrape time.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def http_histogram(registry: CollectorRegistry) -> Histogram:
 
 
 class UpdateLatencyFeed:
-    """Observes each newly applied delta's publish -> applied latency exactly once."""
+    """Observes each newly applied delta's publish -> applied latency exactly once, popping
+    them from ``NodeDriver.latency_feed`` (deque appends and pops are atomic: the owner loop
+    appends while a serving thread drains)."""
 
     def __init__(self, driver: NodeDriver, registry: CollectorRegistry) -> None:
         self.driver = driver
@@ -42,20 +44,18 @@ class UpdateLatencyFeed:
             registry=registry,
             buckets=UPDATE_BUCKETS_S,
         )
-        self._last: tuple[int, float] | None = None
 
     def drain(self) -> int:
-        """Observe the entries appended since the last call; returns how many."""
-        new: list[tuple[int, float]] = []
-        for entry in reversed(self.driver.applied):
-            if entry is self._last:
+        """Observe the latencies appended since the last call; returns how many."""
+        feed, observed = self.driver.latency_feed, 0
+        while feed:
+            try:
+                latency_ms = feed.popleft()
+            except IndexError:
                 break
-            new.append(entry)
-        if new:
-            self._last = new[0]
-        for _created_ms, latency_ms in reversed(new):
             self.histogram.observe(max(0.0, latency_ms) / 1000.0)
-        return len(new)
+            observed += 1
+        return observed
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
