@@ -1,11 +1,11 @@
 """CPU priority of a node's threads: queries before replication.
 
-A node serves queries on one thread (``p2prec.serve.serving_thread``) and replicates on the
-others: the event loop that receives, verifies and applies deltas, ZeroMQ's I/O thread (CURVE,
-TCP), the disk writers. On a busy CPU the scheduler then runs whichever is due; raising the
-nice value of the replication threads lets a query preempt them. Linux keeps a nice value per
-thread (``setpriority(PRIO_PROCESS, tid, ...)``) and a new thread inherits its creator's, so the
-executor threads the replication loop starts later are lowered too.
+A node serves queries on one thread (``p2prec.serve.server.start_server_thread``) and
+replicates on the others: the event loop that receives, verifies and applies deltas, ZeroMQ's
+I/O thread (CURVE, TCP), the disk writers. On a busy CPU the scheduler then runs whichever is
+due; raising the nice value of the replication threads lets a query preempt them. Linux keeps a
+nice value per thread (``setpriority(PRIO_PROCESS, tid, ...)``) and a new thread inherits its
+creator's, so the executor threads the replication loop starts later are lowered too.
 """
 
 from __future__ import annotations
