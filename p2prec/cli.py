@@ -23,12 +23,15 @@ import sys
 import tomllib
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from p2prec import __version__
 from p2prec.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # the serving modules load only in the commands that serve
+    from p2prec.serve.server import Server
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -258,7 +261,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
     from p2prec.io.synthetic import SyntheticStream, run_stream
     from p2prec.serve.app import make_node_app
-    from p2prec.serve.server import Server, serve_http
+    from p2prec.serve.server import serve_http
     from p2prec.wire.signing import Signer, Verifier
 
     verifier = Verifier.load(config.keys.trainer_public_key)
@@ -297,13 +300,13 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         await driver.close()
 
 
-def _queries_first(config: Config, server: object) -> None:
+def _queries_first(config: Config, server: Server) -> None:
     """A node process with a serving thread: the GIL switches within the configured interval,
     and every other thread runs at a lower CPU priority (``p2prec.io.priority``)."""
     from p2prec.io.priority import lower_other_threads
     from p2prec.serve.server import ThreadedServer
 
-    if not isinstance(server, ThreadedServer) or server.native_id is None:
+    if not isinstance(server, ThreadedServer) or server.native_id is None:  # no serving thread
         return
     sys.setswitchinterval(config.http.gil_switch_interval_ms / 1000)
     lower_other_threads(config.http.replication_nice, keep={server.native_id})
@@ -356,7 +359,7 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
 
 async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
     from p2prec.io.node import NodeDriver
-    from p2prec.serve.server import Server, serve_http
+    from p2prec.serve.server import serve_http
     from p2prec.serve.trainer_app import make_trainer_app
     from p2prec.trainer.head import DriverHead
     from p2prec.trainer.runtime import Trainer, build_trainer
