@@ -398,6 +398,13 @@ class MeshConfig(_Section):
         "per checkpoint, so members applying one stream do not all rewrite at once.",
         ge=0,
     )
+    checkpoint_log_min_bytes: int = _key(
+        64 << 20,
+        "...and holds at least this many bytes (as Redis's auto-aof-rewrite-min-size): a "
+        "small store is not rewritten after every few deltas; a restart replays at most about "
+        "this much log. Ignored when checkpoint_log_ratio is 0.",
+        ge=0,
+    )
     wan_uplink_mbit: float = _key(
         0.0,
         "This host's WAN uplink in Mbit/s: every send to a member of another datacenter "

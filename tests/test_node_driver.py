@@ -174,7 +174,9 @@ def test_deltas_reach_every_node_and_a_restarted_node_catches_up(tmp_path: Path)
 
 def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer({"mesh.checkpoint_log_ratio": 20.0})
+        await mesh.start_trainer(
+            {"mesh.checkpoint_log_ratio": 20.0, "mesh.checkpoint_log_min_bytes": 0}
+        )
         trainer = mesh.trainer
         assert trainer is not None and trainer.replica is not None
         store = trainer.replica.store
@@ -187,6 +189,26 @@ def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -
         for _ in range(2000):  # rows repeat (keys from -50..50): the store stops growing
             if trainer.disk.bytes_logged >= ratio * store.nbytes_estimate():
                 break
+            mesh.publish_step()
+        assert trainer._checkpoint_due()
+
+    run(tmp_path, body)
+
+
+def test_a_checkpoint_waits_for_the_minimum_log_of_a_small_store(tmp_path: Path) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer(
+            {"mesh.checkpoint_log_ratio": 0.01, "mesh.checkpoint_log_min_bytes": 200_000}
+        )
+        trainer = mesh.trainer
+        assert trainer is not None and trainer.replica is not None
+        store = trainer.replica.store
+        mesh.publish_step()
+        assert trainer.disk.bytes_logged >= 0.02 * store.nbytes_estimate()  # over the ratio
+        for _ in range(2000):
+            if trainer.disk.bytes_logged >= 200_000:
+                break
+            assert not trainer._checkpoint_due()  # under the minimum: wait
             mesh.publish_step()
         assert trainer._checkpoint_due()
 
@@ -271,6 +293,28 @@ def test_status_json_is_rewritten_promptly_after_a_change_and_seldom_when_idle(
         assert node._status_due() == node._status_written_at + node_module.STATUS_INTERVAL_S
         node._status_shown = node._status_state()
         assert node._status_due() == node._status_written_at + node_module.STATUS_REFRESH_S
+
+    run(tmp_path, body)
+
+
+def test_status_json_waits_for_a_stream_to_settle_but_not_beyond_the_refresh(
+    tmp_path: Path,
+) -> None:
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        node = await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        mesh.publish_step()
+        await until(mesh.converged, "the delta applied")
+        now = node.now()
+        node._status_written_at, node._status_shown = now - 0.5, b"an older state"
+        node._state_changed_at = now - 0.45  # one change, then quiet: due 0.2 s after it
+        assert node._status_due() == pytest.approx(now - 0.25)
+        node._state_changed_at = now + 0.45  # changes keep coming: due at the refresh
+        assert node._status_due() == pytest.approx(now + 0.5)
+        node._status_written_at = now  # just written: never sooner than the interval
+        node._state_changed_at = now - 1.0
+        assert node._status_due() == pytest.approx(now + node_module.STATUS_INTERVAL_S)
 
     run(tmp_path, body)
 
