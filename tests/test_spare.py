@@ -1,9 +1,11 @@
 """A table's next rows array is prepared off the loop, and growth uses it."""
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from p2prec.model import spare
 from p2prec.model.keyindex import EMPTY, KeyIndex
@@ -65,6 +67,23 @@ def test_small_arrays_skip_the_mapping() -> None:
     assert small.flags.writeable and large.flags.writeable
     large[-1] = 1.5
     assert large[-1, 0] == 1.5
+
+
+def _mapping_flags(array: np.ndarray) -> str:
+    """The permission flags of the mapping holding ``array`` (``/proc/self/maps``)."""
+    address = array.__array_interface__["data"][0]
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, flags = line.split()[:2]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            return flags
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_large_arrays_live_in_private_memory_that_can_take_huge_pages() -> None:
+    large = huge_page_array((2 * CAPACITY, DIM), np.dtype(np.float32))
+    assert _mapping_flags(large).endswith("p")  # shared (tmpfs) memory gets no huge pages
 
 
 def test_the_key_index_grows_into_a_map_prepared_ahead() -> None:

