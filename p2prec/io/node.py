@@ -362,16 +362,16 @@ class NodeDriver:
         """No checkpoint running, and the log written since the last one holds at least
         ``mesh.checkpoint_log_ratio`` times the store's bytes and ``checkpoint_log_min_bytes``:
         a store rewritten by every checkpoint then costs O(bytes written), and a restart
-        replays at most that much log. The ratio is jittered +-CHECKPOINT_JITTER per
+        replays at most that much log. The threshold is jittered +-CHECKPOINT_JITTER per
         checkpoint: members applying the same stream reached it at the same moment, twelve
         stores rewritten at once on one host."""
         if self._checkpointing is not None:
             return False
         logged = self.disk.bytes_logged - self._logged_at_checkpoint
         mesh = self.config.mesh
-        ratio = mesh.checkpoint_log_ratio * self._log_ratio_spread
-        floor = mesh.checkpoint_log_min_bytes if ratio > 0 else 0
-        return logged > 0 and logged >= max(ratio * self._replica.store.nbytes_estimate(), floor)
+        floor = mesh.checkpoint_log_min_bytes if mesh.checkpoint_log_ratio > 0 else 0
+        needed = max(mesh.checkpoint_log_ratio * self._replica.store.nbytes_estimate(), floor)
+        return logged > 0 and logged >= needed * self._log_ratio_spread
 
     def _write_shards(self, snapshots: Batch) -> None:
         for shard, parts in snapshots:
