@@ -454,6 +454,20 @@ def test_gossip_cannot_claim_lives_a_node_cannot_have_had() -> None:
     assert m.member("b") == rec("b", inc=4 + INCARNATION_JUMP_MAX, addr="b@1", reporter="b")
 
 
+def test_a_member_it_does_not_admit_never_joins_the_table() -> None:
+    """A driver admits the ids it holds a CURVE key for: a made-up member ("ghost") gossiped
+    by an allow-listed key, alive or in a full-state exchange, stays out (and out of trees)."""
+    cfg = MembershipConfig()
+    m = Membership("a", "a@0", "dc0", cfg, np.random.default_rng(0), [], admit={"b"}.__contains__)
+    m.merge([rec("ghost"), rec("b")], 0.0)
+    m.receive(PushPull("rogue", [rec("ghost", inc=2)], is_reply=True), "rogue@0", 0.0)
+    assert [r.node_id for r in m.members()] == ["a", "b"]
+    assert m.counters.refused == 2 and m.counters.bad_input == 0
+    m.merge([rec("b", SUSPECT, inc=0, reporter="rogue")], 0.0)  # known members: rules as before
+    record = m.member("b")
+    assert record is not None and record.state is SUSPECT
+
+
 def test_a_forged_accusation_of_itself_is_refuted_from_its_own_life() -> None:
     m = node("a")
     m.merge([rec("a", DEAD, inc=INCARNATION_MAX, reporter="rogue")], 0.0)

@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 from p2prec.config import Config, load_config
-from p2prec.core.effects import Route
+from p2prec.core.effects import Route, Send
+from p2prec.core.membership import Gossip, MemberRecord, MemberState
 from p2prec.core.publisher import Publisher
 from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
@@ -374,6 +375,26 @@ def test_validation_and_rollback_travel_the_mesh(tmp_path: Path) -> None:
         )
         mesh.publish_step()
         await until(mesh.converged, "the new epoch")
+
+    run(tmp_path, body)
+
+
+def test_a_member_gossiped_without_an_allow_listed_key_is_refused(tmp_path: Path) -> None:
+    """An allow-listed insider gossips a made-up member (a "ghost" nobody can reach, which in a
+    tree would swallow deltas) and a real, allow-listed one: only the second joins."""
+
+    async def body(mesh: Mesh) -> None:
+        trainer_addr = await mesh.start_trainer()
+        insider = await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "membership")
+        assert mesh.trainer is not None and mesh.trainer.membership is not None
+        membership = mesh.trainer.membership
+        ghost = MemberRecord("ghost-1", "127.0.0.1:9", "dc-a", 0, MemberState.ALIVE, "ghost-1")
+        a2 = MemberRecord("a2", "127.0.0.1:9", "dc-a", 0, MemberState.ALIVE, "a2")
+        insider._send(Send(trainer_addr, Gossip("a1", [ghost, a2])))
+        await until(lambda: membership.member("a2") is not None, "the allow-listed member")
+        assert membership.member("ghost-1") is None and membership.counters.refused == 1
+        assert mesh.trainer.status()["membership"]["refused"] == 1  # status.json, /v1/status
 
     run(tmp_path, body)
 

@@ -24,6 +24,7 @@ out the returned ``Send`` effects, and call ``tick`` at ``next_deadline()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +102,7 @@ class Membership:
         config: MembershipConfig,
         rng: np.random.Generator,
         seeds: list[str],
+        admit: Callable[[str], bool] = lambda node_id: True,
     ) -> None:
         self.self_id, self.self_addr, self.dc = self_id, self_addr, dc
         self.config = config
@@ -109,7 +111,9 @@ class Membership:
         self._seeds = [s for s in dict.fromkeys(seeds) if s != self_addr]
         self._health = LocalHealth(config.awareness_max_multiplier)
         me = MemberRecord(self_id, self_addr, dc, 0, ALIVE, self_id)
-        self._table = MemberTable(me, config, self._health, self.counters, self._add_to_probe_order)
+        self._table = MemberTable(
+            me, config, self._health, self.counters, self._add_to_probe_order, admit
+        )
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._probe_order: list[str] = []

@@ -13,6 +13,10 @@ above it, is a forgery and is dropped; an accusation (suspect, dead, left) is ta
 the life known here, never a later one. Without the bounds one record, "dead at the highest
 incarnation", evicted a node that could never outbid it.
 
+A new member is admitted only if ``admit`` accepts its id: a driver admits the ids it holds a
+CURVE key for, the only nodes it could exchange a message with, so that gossip cannot put a
+made-up member (a "ghost" nobody can reach) into the dissemination trees.
+
 Every accepted change is noted for ``drain_changes`` and queued for gossip.
 """
 
@@ -48,6 +52,7 @@ class MembershipCounters:
     bad_input: int = 0  # malformed messages or records, ignored
     misdirected: int = 0  # pings meant for another node (a reused address)
     dropped: int = 0  # new members, relays or changes dropped at their bound
+    refused: int = 0  # new members refused: an identity this node does not admit (no key)
 
 
 class MemberTable:
@@ -60,9 +65,11 @@ class MemberTable:
         health: LocalHealth,
         counters: MembershipCounters,
         on_new_member: Callable[[str], None],
+        admit: Callable[[str], bool] = lambda node_id: True,
     ) -> None:
         self.self_id = me.node_id
         self.on_new_member = on_new_member  # e.g. to schedule its first probe
+        self.admit = admit  # may a node of this id join the table (e.g. it has a CURVE key)
         self.config = config
         self.health = health
         self.counters = counters
@@ -156,6 +163,9 @@ class MemberTable:
             return
         if current is None and len(self.records) >= self.config.members_max:
             self.counters.dropped += 1
+            return
+        if current is None and not self.admit(record.node_id):
+            self.counters.refused += 1  # a made-up member ("ghost"): never in a tree
             return
         self._accept(replace(record, reporter=record.node_id), now)
         if current is None:

@@ -146,6 +146,7 @@ class NodeDriver:
         self.disk = NodeDisk(config.node.data_dir)
         self.transport = Transport.from_config(config, self._on_message, self._peer_class)
         self.replica: Replica | None = None
+        self.membership: Membership | None = None  # the replica's, typed (status, tests)
         self.http_url: str | None = None  # set by the HTTP server (p2prec.serve)
         # Held by the owner loop while it changes the replica, by other threads while they
         # read it (module docstring).
@@ -203,7 +204,9 @@ class NodeDriver:
             membership_config(self.config),
             np.random.default_rng(),
             seeds,
+            admit=self.transport.has_key_for,
         )
+        self.membership = membership
         kind = Publisher if self.is_publisher else Replica
         self.replica = kind(
             self.config.node.id,
@@ -407,6 +410,11 @@ class NodeDriver:
         assert self.replica is not None
         return self.replica
 
+    @property
+    def _membership(self) -> Membership:
+        assert self.membership is not None
+        return self.membership
+
     def status(self) -> dict[str, Any]:
         """What this member holds, for `p2prec status`, tests and the HTTP API."""
         replica = self._replica
@@ -426,6 +434,7 @@ class NodeDriver:
             "counters": dataclasses.asdict(replica.counters),
             "transport": self.transport.counters.as_dict(),
             "driver": dataclasses.asdict(self.counters),
+            "membership": dataclasses.asdict(self._membership.counters),
             "url": self.http_url,
             "written_s": time.time(),  # when this status was taken (readers judge freshness)
         }
@@ -465,8 +474,8 @@ class NodeDriver:
     def _status_due_after_change(self) -> float:
         """STATUS_INTERVAL_S after the last change (a reader waiting for convergence sees
         the final state promptly), but at least every STATUS_REFRESH_S while deltas keep
-        coming: rewriting it 5 times a second under a stream cost a loaded node ~5% of its
-        CPU (the status, its Merkle root, the file written and renamed by a thread)."""
+        coming: rewritten 5 times a second under a stream, it took ~5% of a loaded node's
+        time holding the GIL (py-spy; the status, its Merkle root, a thread's file write)."""
         written = self._status_written_at
         settled = self._state_changed_at + STATUS_INTERVAL_S
         return max(written + STATUS_INTERVAL_S, min(settled, written + STATUS_REFRESH_S))

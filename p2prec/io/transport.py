@@ -345,6 +345,10 @@ class Transport:
         self._explicit[addr] = key
         return True
 
+    def has_key_for(self, node_id: str) -> bool:
+        """Whether ``node_id`` is allow-listed: a member this transport can reach and hear."""
+        return self._allow.key_of(node_id) is not None
+
     def add_peer_key(self, addr: str, public_key: bytes) -> None:
         """Reach ``addr`` with CURVE server key ``public_key`` (z85)."""
         self._explicit[addr] = public_key

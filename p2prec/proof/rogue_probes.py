@@ -369,9 +369,8 @@ def membership_lies(env: Envelopes, victim: tuple[str, str, str]) -> list[Probe]
     """SWIM gossip (unsigned: any allow-listed key may say anything about anyone): ``victim``
     (node id, address, datacenter) declared dead at the highest incarnation, and a member that
     does not exist declared alive. Peers take the first as about the victim's known life, which
-    it refutes (the member table bounds incarnations), and believe the ghost until the
-    dead-node timeout reclaims it (its place in the trees loses deltas that anti-entropy
-    repairs)."""
+    it refutes (the member table bounds incarnations), and refuse the ghost: no allow-listed
+    key names it (membership counter ``refused``), so it never takes a place in a tree."""
     node_id, addr, dc = victim
     dead = MemberRecord(node_id, addr, dc, INCARNATION_MAX, MemberState.DEAD, env.node)
     ghost = MemberRecord(GHOST_ID, GHOST_ADDR, dc, 0, MemberState.ALIVE, GHOST_ID)
