@@ -394,7 +394,7 @@ class MeshConfig(_Section):
         1.0,
         "A due checkpoint waits until the log written since the last one holds this many "
         "times the store's bytes (as Redis rewrites its AOF), so checkpoint work stays "
-        "proportional to what was written; 0: every interval. Each node jitters it +-25% "
+        "proportional to what was written; 0: every interval. Each node jitters it +-50% "
         "per checkpoint, so members applying one stream do not all rewrite at once.",
         ge=0,
     )

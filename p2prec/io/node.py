@@ -72,7 +72,11 @@ CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
 DIGEST_STEP_SHARDS = 4  # shards hashed per loop turn by validated_head
 DIGEST_ATTEMPTS = 3  # stepped validated_head begun again at most this often, then at once
-CHECKPOINT_JITTER = 0.25  # share of mesh.checkpoint_interval_s each wait varies by
+# Share by which each checkpoint's wait and log threshold vary, per member: members on one host
+# fed one stream (p2prec up, tests, benchmarks) otherwise checkpoint in one burst. At +-25%,
+# 36 members' first checkpoints fell within ~6 s of each other, a burst that put p99 at
+# 1.7-2.4 s in compare.py's 30 s stream; at +-50%, 0.27-1.3 s (alternated runs).
+CHECKPOINT_JITTER = 0.5
 
 
 def rolled_back_to_watermark(store: ParamStore, rollback: Rollback) -> bool:
