@@ -173,14 +173,18 @@ def test_deltas_reach_every_node_and_a_restarted_node_catches_up(tmp_path: Path)
     run(tmp_path, body)
 
 
+async def _checkpointing_trainer(mesh: Mesh, ratio: float, min_bytes: int) -> NodeDriver:
+    await mesh.start_trainer(
+        {"mesh.checkpoint_log_ratio": ratio, "mesh.checkpoint_log_min_bytes": min_bytes}
+    )
+    assert mesh.trainer is not None and mesh.trainer.replica is not None
+    return mesh.trainer
+
+
 def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer(
-            {"mesh.checkpoint_log_ratio": 20.0, "mesh.checkpoint_log_min_bytes": 0}
-        )
-        trainer = mesh.trainer
-        assert trainer is not None and trainer.replica is not None
-        store = trainer.replica.store
+        trainer = await _checkpointing_trainer(mesh, 20.0, 0)
+        store = trainer._replica.store
         ratio = 20.0 * trainer._log_ratio_spread  # jittered per checkpoint
         assert 20.0 * 0.5 <= ratio <= 20.0 * 1.5
         assert not trainer._checkpoint_due()  # nothing logged yet
@@ -198,12 +202,8 @@ def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -
 
 def test_a_checkpoint_waits_for_the_minimum_log_of_a_small_store(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer(
-            {"mesh.checkpoint_log_ratio": 0.01, "mesh.checkpoint_log_min_bytes": 200_000}
-        )
-        trainer = mesh.trainer
-        assert trainer is not None and trainer.replica is not None
-        store = trainer.replica.store
+        trainer = await _checkpointing_trainer(mesh, 0.01, 200_000)
+        store = trainer._replica.store
         trainer._log_ratio_spread = 1.2  # this checkpoint's jitter, drawn in [0.5, 1.5]
         floor = 200_000 * 1.2  # the minimum is jittered like the ratio
         mesh.publish_step()
@@ -281,16 +281,22 @@ def test_a_delta_wakes_the_owner_task_only_when_it_moves_a_deadline(tmp_path: Pa
     run(tmp_path, body)
 
 
+async def _node_after_a_delta(mesh: Mesh) -> tuple[NodeDriver, bytes]:
+    """A node that applied one delta, and the status state it had before."""
+    await mesh.start_trainer()
+    node = await mesh.start_node("a1", "dc-a")
+    await until(lambda: mesh.members_known(2), "membership")
+    before = node._status_state()
+    mesh.publish_step()
+    await until(mesh.converged, "the delta applied")
+    return node, before
+
+
 def test_status_json_is_rewritten_promptly_after_a_change_and_seldom_when_idle(
     tmp_path: Path,
 ) -> None:
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer()
-        node = await mesh.start_node("a1", "dc-a")
-        await until(lambda: mesh.members_known(2), "membership")
-        before = node._status_state()
-        mesh.publish_step()
-        await until(mesh.converged, "the delta applied")
+        node, before = await _node_after_a_delta(mesh)
         # As if status.json was written just before the delta, then just after it:
         node._status_written_at, node._status_shown = node.now(), before
         assert node._status_due() == node._status_written_at + node_module.STATUS_INTERVAL_S
@@ -304,11 +310,7 @@ def test_status_json_waits_for_a_stream_to_settle_but_not_beyond_the_refresh(
     tmp_path: Path,
 ) -> None:
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer()
-        node = await mesh.start_node("a1", "dc-a")
-        await until(lambda: mesh.members_known(2), "membership")
-        mesh.publish_step()
-        await until(mesh.converged, "the delta applied")
+        node, _before = await _node_after_a_delta(mesh)
         now = node.now()
         node._status_written_at, node._status_shown = now - 0.5, b"an older state"
         node._state_changed_at = now - 0.45  # one change, then quiet: due 0.2 s after it
