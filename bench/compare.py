@@ -121,7 +121,7 @@ def store_rows(args: argparse.Namespace) -> int:
     of every row, on every member at the same delta: the 9-node p99 of every mesh system was
     that stall); sized exactly, every table reached its growth threshold once the undo budget
     filled (a spare array prepared at 9/10 and a doubling, on every member of every system
-    within seconds: in a 30 s stream at 36 nodes the p2prec members used 60-63 CPU s, 45-48
+    within seconds: in a 30 s stream at 36 nodes the p2prec members used 60-63 CPU s, 45-50
     with the headroom)."""
     key_space: int = args.key_space
     return int(STORE_HEADROOM * (key_space + mb.UNDO_ROWS_MAX))
