@@ -567,6 +567,26 @@ def test_lagging_shards_are_pulled_after_the_grace_period_from_the_same_dc() -> 
     assert lagging.counters.repaired == len(line.deltas)
 
 
+def test_one_pull_asks_one_peer_for_every_shard_it_holds() -> None:
+    """A signed delta is not split: asked for some of its shards, a peer sends all of it. So
+    the shards behind go to one holder, not spread over several (each would send it again)."""
+    config = ReplicaConfig(fanout=2, shard_groups=1, repair_grace_s=0.5)
+    mesh = Mesh({"dc0": 4}, config).join()
+    lagging, *holders = (mesh.node(f"dc0.{i}") for i in range(4))
+    line = lineage(3)
+    for holder in holders:
+        for delta in line.deltas:
+            mesh.give(holder, delta)
+    behind = [int(s) for s in np.flatnonzero(line.states[3].vector)]
+    assert len(behind) > 4  # enough shards that a per-shard draw would spread them
+    t0 = mesh.now
+    for holder in holders:
+        lagging.handle(Incoming(holder.addr, _digest(holder), None, Route.MESH), t0)
+    pulls = sends(lagging.tick(t0 + 0.5), SyncRequest)
+    assert len(pulls) == 1 and pulls[0].addr in {h.addr for h in holders}
+    assert pulls[0].msg.shards == tuple(behind)
+
+
 def test_lagging_shards_are_pulled_across_dcs_when_no_local_peer_has_them() -> None:
     config = ReplicaConfig(fanout=2, shard_groups=1, repair_grace_s=0.5, request_timeout_s=0.1)
     mesh = Mesh({"dc0": 2, "dc1": 1}, config).join()

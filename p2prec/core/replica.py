@@ -450,6 +450,7 @@ class Replica:
                 self.rng,
                 self.fencing.epoch,
                 self.config.publisher_id,
+                by_source,
             )
             if source is None:
                 del self._behind[shard]
