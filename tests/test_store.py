@@ -196,6 +196,25 @@ def _root_of(state: object) -> bytes:
     return store.root
 
 
+def test_shard_rows_come_sorted_by_key_now_and_as_of_an_older_version() -> None:
+    """A scan groups rows by shard; each shard's rows are read sorted by key (the canonical
+    snapshot order), whether read as of now or through the undo chain as of an older version."""
+    lineage = generate(LAYOUT, seed=11, steps=8)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas:
+        store.apply(delta)
+    older = lineage.states[4].vector
+    for shard in range(LAYOUT.row_shards):
+        for at in (None, int(older[shard])):
+            for name, rows in store.shard_rows(shard, at).items():
+                assert rows.keys.size, (shard, name)
+                assert np.all(np.diff(rows.keys) > 0), (shard, at, name)
+                expected = lineage.states[8 if at is None else 4].rows[name]
+                assert sorted(rows.keys.tolist()) == sorted(
+                    k for k in expected if store.tables[name].shard_of(np.array([k]))[0] == shard
+                )
+
+
 def test_a_validation_that_frees_scanned_rows_voids_the_scan() -> None:
     """A scan points at slots; a validation above the scan's versions frees the rows the newer
     writes replaced (the scanned ones). The scan must say so (``readable`` false) rather than

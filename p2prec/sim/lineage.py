@@ -110,7 +110,11 @@ def make_delta(
     step_version[list(shards)] = versions
     tables = {}
     for table, k in keys.items():
-        rows = rng.standard_normal((k.size, layout.dim), dtype=np.float32)
+        # Uniform in [-1, 1): a sixth of the CPU of normal draws (0.08 against 0.48 ms for
+        # 1,000 x 64), and the synthetic trainer draws them for every delta it publishes.
+        rows = rng.random((k.size, layout.dim), dtype=np.float32)
+        rows *= 2
+        rows -= 1
         rows = rows.astype(layout.np_dtype, copy=False)  # as the trainer extracts them
         tables[table] = TableRows(k.astype(np.int64), step_version[row_shards[table]], rows)
     dense = {"mlp.w": rng.standard_normal((4, 3)).astype(np.float32)} if with_dense else {}
