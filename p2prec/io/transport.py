@@ -228,7 +228,10 @@ class Transport:
         if wan_uplink_bytes_s > 0:
             self._uplink = Uplink(wan_uplink_bytes_s)
         self._ctx: zmq.asyncio.Context | None = None
-        self._router: zmq.asyncio.Socket | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._router_fd: int | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._drain_paused = False  # yielding the loop: _resume_drain will drain
         self._auth: CurveAuthenticator | None = None
 
     @classmethod
@@ -271,13 +274,15 @@ class Transport:
         self._auth.start()  # binds the context's ZAP endpoint before any CURVE socket exists
         self._tasks += asyncio.all_tasks() - before  # its poll task, awaited on close
         self._router = self._bind_router(self._ctx)
-        self._tasks.append(asyncio.create_task(self._recv_loop(self._router)))
+        self._start_receiving(self._router)
         self._tasks.append(asyncio.create_task(self._reap_loop()))
         log.info("transport_started", addr=self.addr, allowed=len(self._allow))
         return self.addr
 
-    def _bind_router(self, ctx: zmq.asyncio.Context) -> zmq.asyncio.Socket:
-        router = ctx.socket(zmq.ROUTER)
+    def _bind_router(self, ctx: zmq.asyncio.Context) -> zmq.Socket[bytes]:
+        # A plain socket (the context's async sockets are for the ZAP handler): the loop
+        # watches its FD itself, see _start_receiving.
+        router: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.ROUTER)
         router.curve_server = True
         router.curve_secretkey = self._keypair[1]
         router.rcvhwm = self._queue_max
@@ -332,6 +337,7 @@ class Transport:
                 stack.callback(self._auth.stop)  # cancels its task, closes the ZAP socket
             if self._router is not None:
                 stack.callback(self._router.close, linger=0)
+                stack.callback(self._stop_receiving)  # before the socket closes (LIFO)
             for addr in list(self._dealers):
                 stack.callback(self._close_dealer, addr)
 
@@ -654,25 +660,57 @@ class Transport:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    async def _recv_loop(self, router: zmq.asyncio.Socket) -> None:
-        """Drain with NOBLOCK until EAGAIN, then await (an awaited recv costs ~45 us)."""
-        sync: zmq.Socket[bytes] = zmq.Socket.shadow(router.underlying)
+    def _start_receiving(self, router: zmq.Socket[bytes]) -> None:
+        """Drain the router whenever the loop sees its FD readable. A plain reader, not an
+        awaited ``recv`` (zmq.asyncio: a future, a task step and its event handling per
+        message, ~40 us of CPU more per message measured at 500 msgs/s). The FD is
+        edge-triggered: it signals only when the queue becomes readable again, so each drain
+        goes on until EAGAIN or hands over to ``_resume_drain``."""
+        fd = router.get(zmq.FD)
+        assert isinstance(fd, int)
+        self._reader_loop = asyncio.get_running_loop()
+        self._reader_loop.add_reader(fd, self._drain)
+        self._router_fd = fd
+        self._reader_loop.call_soon(self._drain)  # what was queued before the reader was added
+
+    def _stop_receiving(self) -> None:
+        if self._router_fd is not None and self._reader_loop is not None:
+            if not self._reader_loop.is_closed():
+                self._reader_loop.remove_reader(self._router_fd)
+            self._router_fd = None
+
+    def _drain(self) -> None:
+        """Handle queued messages for up to the drain budget; past it, yield the loop some
+        turns (queries, timers, other drivers) and go on then."""
+        router = self._router
+        if self._drain_paused or router is None or self._router_fd is None:
+            return
         yield_at = time.perf_counter() + self.drain_budget_s()
         while True:
             try:
-                msg = sync.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                msg = await router.recv_multipart(copy=False)
-                yield_at = time.perf_counter() + self.drain_budget_s()
+                return
             try:
                 self._on_raw(msg)
-            except Exception:  # defence in depth: the loop must survive anything
+            except Exception:  # defence in depth: receiving must survive anything
                 self.counters.internal_errors += 1
                 log.exception("receive_error")
             if time.perf_counter() >= yield_at:
-                for _ in range(self._yield_turns()):  # let queries, timers and others run
-                    await asyncio.sleep(0)
-                yield_at = time.perf_counter() + self.drain_budget_s()
+                self._drain_paused = True
+                self._call_soon(self._resume_drain, self._yield_turns())
+                return
+
+    def _call_soon(self, fn: Callable[[int], None], turns: int) -> None:
+        assert self._reader_loop is not None
+        self._reader_loop.call_soon(fn, turns)
+
+    def _resume_drain(self, turns: int) -> None:
+        if turns > 1:
+            self._call_soon(self._resume_drain, turns - 1)
+            return
+        self._drain_paused = False
+        self._drain()
 
     def note_query(self) -> None:
         """A query arrived (the HTTP server calls this): yield to queries for a while."""
