@@ -488,8 +488,9 @@ class ParamStore:
         tables = {}
         for name, table in self.tables.items():
             keys, slots = table.live_slots()
-            mine = wanted[table.slot_shard[slots]]
-            keys, slots = keys[mine], slots[mine]
+            if not wanted.all():  # a checkpoint or validation usually wants every shard
+                mine = wanted[table.slot_shard[slots]]
+                keys, slots = keys[mine], slots[mine]
             if older:
                 assert at is not None
                 slots = table.slots_at(keys, at)
