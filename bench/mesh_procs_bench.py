@@ -4,10 +4,12 @@
 
 Starts ``p2prec node`` processes on 127.0.0.1 (CURVE on, local preset, one shard group so a
 step is one delta, one table of dim 64): the nodes first, then the trainer with a synthetic
-stream. Each node records, for every delta it applies, the wall-clock time since the trainer
-created it, and writes them to ``applied.json`` when stopped. A delta's latency is the largest
-over all nodes (applied everywhere). The stream's first ``--warmup-s`` seconds (the trainer still
-learning the members) are left out. Every process started is stopped by its pid.
+stream, which it starts once every node is alive in its view (``--synthetic-wait-members``:
+a delta published before a node is known reaches it only by catch-up). Each node records, for
+every delta it applies, the wall-clock time since the trainer created it, and writes them to
+``applied.json`` when stopped. A delta's latency is the largest over all nodes (applied
+everywhere). The stream's first ``--warmup-s`` seconds (nodes still completing their own views
+of each other) are left out. Every process started is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ def main() -> None:
         "--warmup-s",
         type=float,
         default=2.0,
-        help="leave out deltas created in the stream's first seconds (the trainer is still "
-        "learning the members: early deltas reach nodes by catch-up)",
+        help="leave out deltas created in the stream's first seconds (every node is known "
+        "to the trainer, but nodes may still be completing their views of each other: such "
+        "deltas reach a node by catch-up)",
     )
     parser.add_argument(
         "--validate-every",
@@ -168,6 +171,8 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             str(args.steps),
             "--synthetic-validate-every",
             str(args.validate_every),
+            "--synthetic-wait-members",  # the stream starts once the mesh has formed
+            str(len(nodes)),
         ]
         procs.append(subprocess.Popen(trainer, stderr=subprocess.DEVNULL))
         names = [n for n, _ in nodes] + ["trainer"]

@@ -227,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="validate the head every N synthetic steps (default 20; 0: never)",
     )
+    node.add_argument(
+        "--synthetic-wait-members",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start the synthetic stream once N other members are alive in the trainer's "
+        "view (at most 60 s; default 0: at once)",
+    )
     node.set_defaults(handler=_cmd_node)
     _add_trainer_command(sub, options)
     _add_operations_commands(sub)
@@ -280,6 +288,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
             args.synthetic_rows,
             steps=args.synthetic_steps,
             validate_every=args.synthetic_validate_every,
+            wait_members=args.synthetic_wait_members,
         )
         stream = asyncio.create_task(run_stream(driver, spec))
     try:

@@ -10,6 +10,7 @@ import gc
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from p2prec.core.versions import VersionVector
 from p2prec.io import node as node_module
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import NodeDriver, store_layout
-from p2prec.io.synthetic import SyntheticStream, step_deltas
+from p2prec.io.synthetic import SyntheticStream, run_stream, step_deltas
 from p2prec.io.transport import Envelope
 from p2prec.model.scoring import top_k
 from p2prec.serve.nodeview import missing_model
@@ -349,6 +350,28 @@ def test_a_synthetic_stream_gives_a_node_a_model_it_can_serve(tmp_path: Path) ->
         ranking = top_k(store, user=int(store.keys("user")[0]), k=3)
         assert ranking.user_found and ranking.items.size == 3
         assert np.isfinite(ranking.logits).all()
+
+    run(tmp_path, body)
+
+
+def test_a_synthetic_stream_waits_for_the_members_it_was_told_to(tmp_path: Path) -> None:
+    """``wait_members``: nothing is published while fewer members are alive in the trainer's
+    view (deltas sent then reach late joiners only by catch-up); once they are, the stream
+    runs. A stream that waits past ``wait_members_max_s`` publishes anyway."""
+
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer()
+        assert mesh.trainer is not None and mesh.trainer.replica is not None
+        head = mesh.trainer.replica.store
+        spec = SyntheticStream(rate_per_s=100, rows=20, steps=3, validate_every=0)
+        waiting = asyncio.create_task(run_stream(mesh.trainer, replace(spec, wait_members=2)))
+        await mesh.start_node("a1", "dc-a")
+        await until(lambda: mesh.members_known(2), "the trainer and a1 know each other")
+        assert not waiting.done() and int(head.vector.packed.max()) == 0
+        await mesh.start_node("b1", "dc-b")
+        assert await asyncio.wait_for(waiting, DEADLINE_S) == 3
+        gave_up = replace(spec, wait_members=5, wait_members_max_s=0.1)
+        assert await asyncio.wait_for(run_stream(mesh.trainer, gave_up), DEADLINE_S) == 3
 
     run(tmp_path, body)
 

@@ -15,12 +15,16 @@ import numpy.typing as npt
 from p2prec.core.publisher import Publisher
 from p2prec.core.tree import group_of_shard
 from p2prec.io.node import NodeDriver
+from p2prec.log import get_logger
 from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.scoring import B1, B2, BIAS, W1, W2
 from p2prec.sim.lineage import make_delta
 from p2prec.wire.messages import ParamDelta
 
 SYNTHETIC_HIDDEN = 16  # hidden units of the synthetic stream's user tower
+MEMBERS_POLL_S = 0.05  # how often the stream looks whether the members it waits for joined
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class SyntheticStream:
     steps: int = 0  # 0: until cancelled
     validate_every: int = 20  # 0: never
     seed: int = 0
+    wait_members: int = 0  # publish once the trainer sees this many other members alive
+    wait_members_max_s: float = 60.0  # ... or after this long, whichever comes first
 
 
 def step_deltas(
@@ -76,6 +82,7 @@ async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
         raise RuntimeError("the synthetic stream runs on the trainer's publisher")
     rng = np.random.default_rng(stream.seed)
     loop = asyncio.get_running_loop()
+    await _members_joined(driver, stream)
     start, step = loop.time(), 0
     validating: asyncio.Task[None] | None = None
     try:
@@ -94,6 +101,28 @@ async def run_stream(driver: NodeDriver, stream: SyntheticStream) -> int:
         if validating is not None and not validating.done():
             validating.cancel()
     return step
+
+
+async def _members_joined(driver: NodeDriver, stream: SyntheticStream) -> None:
+    """Wait until the trainer's view holds ``stream.wait_members`` other members alive (or
+    ``wait_members_max_s`` passed): deltas published before a member is known do not reach
+    it through its tree, it fetches them later by catch-up (seconds under load)."""
+    if stream.wait_members <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + stream.wait_members_max_s
+    while (alive := _others_alive(driver)) < stream.wait_members and loop.time() < deadline:
+        await asyncio.sleep(MEMBERS_POLL_S)
+    joined = alive >= stream.wait_members
+    event = "synthetic_stream_started" if joined else "synthetic_stream_gave_up_waiting"
+    log.info(event, members_alive=alive, members_wanted=stream.wait_members)
+
+
+def _others_alive(driver: NodeDriver) -> int:
+    replica, own = driver.replica, driver.config.node.id
+    if replica is None:
+        return 0
+    return sum(m.node_id != own for m in replica.membership.alive_members())
 
 
 async def _validate(driver: NodeDriver, created_ms: int) -> None:
