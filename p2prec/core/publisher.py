@@ -12,6 +12,7 @@ from p2prec.core.effects import Effect, Note, Route, Send
 from p2prec.core.fencing import Signed, Verdict
 from p2prec.core.replica import Replica
 from p2prec.core.tree import group_of_shard
+from p2prec.model.scan import ScanJob, ScanVoided, ShardScan
 from p2prec.model.snapshot import scanned_strong_digests, strong_digests
 from p2prec.wire.messages import ParamDelta, Rollback, Validated
 
@@ -51,11 +52,19 @@ class HeadDigestJob:
         if dense in stale:
             self.done.update(strong_digests(store, [dense]))
         self.pending = [s for s in stale if s != dense]
-        self.scan = store.scan_shards(self.pending, self.vector.packed) if self.pending else None
+        self.scan: ShardScan | None = None
+        self.scan_job = ScanJob(store, self.pending, self.vector.packed) if self.pending else None
 
     def step(self, max_shards: int) -> Validated | None:
-        """Hash up to ``max_shards`` more shards; the ``Validated`` once every shard is done."""
+        """Take a step of the index scan, or hash up to ``max_shards`` more shards; the
+        ``Validated`` once every shard is done."""
         store = self.publisher.store
+        if self.scan_job is not None and self.scan is None:
+            try:
+                self.scan = self.scan_job.step()
+            except ScanVoided as exc:
+                raise StaleHead(f"the head moved under the scan: {exc}") from exc
+            return None
         chunk, self.pending = self.pending[:max_shards], self.pending[max_shards:]
         if chunk:
             assert self.scan is not None

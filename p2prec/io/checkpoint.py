@@ -2,20 +2,22 @@
 
 A checkpoint rewrites every shard changed since the last one: with random writes, the whole
 store. The driver builds the snapshots on the event loop a batch per turn and writes each batch
-in a worker thread. ``CheckpointSnapshots`` reads the rows through one index scan taken when
-the checkpoint begins (a scan per batch cost a pass over every table's whole index each time:
-~10% of a loaded node's CPU), and scans again only when the store freed rows the scan points
-at (a validation released undo, a rollback or restored shard rewrote the store). Snapshots
-read after such a rescan hold more, never less, which is what a checkpoint needs: the log
-segments it drops end where it began.
+in a worker thread. ``CheckpointSnapshots`` reads the rows through one index scan taken in
+steps when the checkpoint begins (``ScanJob``: at once, it held a loaded node's loop 130-400
+ms; a scan per batch cost a pass over every table's whole index each time: ~10% of a loaded
+node's CPU), and scans again only when the store freed rows the scan points at (a validation
+released undo, a rollback or restored shard rewrote the store). Snapshots read after such a
+rescan hold more, never less, which is what a checkpoint needs: the log segments it drops end
+where it began.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from p2prec.model.scan import ScanJob, ScanVoided, ShardScan
 from p2prec.model.snapshot import Part, parts_nbytes, scanned_snapshot_parts, snapshot_shards
-from p2prec.model.store import ParamStore, ShardScan
+from p2prec.model.store import ParamStore
 
 STEP_BYTES = 4 << 20  # snapshot bytes built per loop turn (copying 4 MiB takes ~1 ms)
 Batch = list[tuple[int, list[Part]]]
@@ -30,30 +32,45 @@ class CheckpointSnapshots:
         dense = store.layout.dense_shard
         self._dense = [s for s in shards if s == dense]
         self.pending = [s for s in shards if s != dense]
-        self._scan = store.scan_shards(self.pending) if self.pending else None
-        self.scans = 0 if self._scan is None else 1
+        self._scan: ShardScan | None = None
+        self._job: ScanJob | None = None
+        self.scans = 0  # scans begun
+        if self.pending:
+            self._rescan()
 
     @property
     def done(self) -> bool:
         return not self.pending and not self._dense
 
     def next_batch(self) -> Batch:
-        """The next snapshots, about ``step_bytes`` of them (at least one shard). Their parts
-        are views of fresh arrays or bytes: a worker thread may write them meanwhile."""
+        """The next snapshots, about ``step_bytes`` of them (none while a step of the scan
+        took the turn). Their parts are views of fresh arrays or bytes: a worker thread may
+        write them meanwhile."""
         # The dense shard's parts view the live tensors: joined (snapshot_shards), a copy.
         batch: Batch = [(s, [data]) for s, data in snapshot_shards(self.store, self._dense)]
         self._dense = []
+        if self._scan is None:
+            self._scan_step()
+            return batch
         nbytes = sum(parts_nbytes(parts) for _, parts in batch)
         while self.pending and nbytes < self.step_bytes:
-            shard = self.pending.pop(0)
-            parts = scanned_snapshot_parts(self.store, self._readable_scan(shard), shard)
+            shard = self.pending[0]
+            if not self._scan.readable(self.store, shard):
+                self._rescan()
+                return batch
+            self.pending.pop(0)
+            parts = scanned_snapshot_parts(self.store, self._scan, shard)
             batch.append((shard, parts))
             nbytes += parts_nbytes(parts)
         return batch
 
-    def _readable_scan(self, shard: int) -> ShardScan:
-        assert self._scan is not None
-        if not self._scan.readable(self.store, shard):
-            self._scan = self.store.scan_shards([shard, *self.pending])
-            self.scans += 1
-        return self._scan
+    def _scan_step(self) -> None:
+        assert self._job is not None
+        try:
+            self._scan = self._job.step()
+        except ScanVoided:
+            self._rescan()
+
+    def _rescan(self) -> None:
+        self._job, self._scan = ScanJob(self.store, self.pending), None
+        self.scans += 1

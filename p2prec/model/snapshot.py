@@ -21,8 +21,9 @@ from p2prec.model.dense import tensor_hash
 from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
 from p2prec.model.rowhash import row_hashes
+from p2prec.model.scan import ShardScan
 from p2prec.model.steplog import DenseValue
-from p2prec.model.store import ParamStore, ShardRows, ShardScan
+from p2prec.model.store import ParamStore, ShardRows
 from p2prec.wire.messages import TableRows
 
 MAGIC = b"P2PSNAP1"

@@ -19,6 +19,7 @@ from p2prec.core.versions import VersionVector
 from p2prec.model.dense import DenseShard
 from p2prec.model.keyindex import DuplicateKeys
 from p2prec.model.layout import StoreLayout
+from p2prec.model.scan import ScanJob, ShardScan
 from p2prec.model.steplog import DenseValue, Released, StepGroup, StepLog
 from p2prec.model.table import EmbeddingTable, Written
 from p2prec.wire.messages import ParamDelta, TableRows
@@ -69,26 +70,6 @@ class ShardRows:
 
 
 @dataclass(frozen=True, eq=False)
-class _TableScan:
-    keys: I64  # grouped by shard (sorted by key within a shard when read)
-    slots: I64  # the slot holding each key's row at the scan's version
-    bounds: dict[int, tuple[int, int]]  # shard -> [lo, hi) in keys and slots
-
-
-@dataclass(frozen=True, eq=False)
-class ShardScan:
-    """Where some row shards' rows lie, as of per-shard versions (``ParamStore.scan_shards``)."""
-
-    at: I64  # packed version of every shard the scan reads (all n_shards entries)
-    rewrites: int  # the store's ``rewrites`` when scanned: a rollback or restore voids it
-    tables: dict[str, _TableScan]
-
-    def readable(self, store: ParamStore, shard: int) -> bool:
-        """True while the scan's slots of ``shard`` still hold its rows at ``at[shard]``."""
-        return store.rewrites == self.rewrites and store.can_read_at(shard, int(self.at[shard]))
-
-
-@dataclass(frozen=True, eq=False)
 class ShardChanges:
     """Rows of one shard changed in ``(since, version]``, latest values only."""
 
@@ -97,6 +78,9 @@ class ShardChanges:
     version: int
     tables: Mapping[str, TableRows]
     dense: Mapping[str, npt.NDArray[np.floating]]
+
+
+_WHOLE_INDEX = 1 << 62  # a scan step as large as any index: the scan at once
 
 
 class ParamStore:
@@ -476,42 +460,25 @@ class ParamStore:
 
     def scan_shards(self, shards: Sequence[int], at: I64 | None = None) -> ShardScan:
         """Where the rows of ``shards`` lie, now or as of the per-shard versions ``at``: one
-        scan of each table's index. ``rows_from_scan`` reads them later, exactly while
-        ``scan.readable(store)`` holds (writes go to fresh slots; the slots a scan found are
-        freed only when undo is released, which moves ``undo_floor`` past ``at``)."""
-        wanted = np.zeros(self.layout.n_shards, dtype=bool)
-        wanted[list(shards)] = True
-        shard_array = np.asarray(shards, dtype=np.int64)
-        # As of the current versions the current slots are the answer: walking back from
-        # them (a lookup of every key, ~50 ms at 500k rows) would find the same slots.
-        older = at is not None and bool((at[shard_array] < self._vector[shard_array]).any())
-        tables = {}
-        for name, table in self.tables.items():
-            keys, slots = table.live_slots()
-            if not wanted.all():  # a checkpoint or validation usually wants every shard
-                mine = wanted[table.slot_shard[slots]]
-                keys, slots = keys[mine], slots[mine]
-            if older:
-                assert at is not None
-                slots = table.slots_at(keys, at)
-                keys, slots = keys[slots >= 0], slots[slots >= 0]
-            keys, slots, key_shards = _by_shard(keys, slots, table.slot_shard[slots])
-            lo = np.searchsorted(key_shards, shard_array, side="left").tolist()
-            hi = np.searchsorted(key_shards, shard_array, side="right").tolist()
-            bounds = dict(zip(shards, zip(lo, hi, strict=True), strict=True))
-            tables[name] = _TableScan(keys, slots, bounds)
-        versions = self._vector.copy() if at is None else at.copy()
-        return ShardScan(versions, self.rewrites, tables)
+        scan of each table's index, at once (``ScanJob`` takes it in steps).
+        ``rows_from_scan`` reads them later, exactly while ``scan.readable(store)`` holds
+        (writes go to fresh slots; the slots a scan found are freed only when undo is
+        released, which moves ``undo_floor`` past ``at``)."""
+        return ScanJob(self, shards, at, step_positions=_WHOLE_INDEX).run()
+
+    def readable_as_of(self, shards: I64, at: I64) -> bool:
+        """``can_read_at`` for every shard of ``shards`` as of ``at[shard]``."""
+        floor, vector, want = self.log.undo_floor[shards], self._vector[shards], at[shards]
+        return bool(((floor <= want) & (want <= vector)).all())
 
     def rows_from_scan(self, scan: ShardScan, shard: int) -> ShardRows:
         """The rows of ``shard`` at the scan's version, sorted by key, with their digest."""
         out = ShardRows({}, 0)
         for name, part_scan in scan.tables.items():
             table = self.tables[name]
-            lo, hi = part_scan.bounds[shard]
-            keys = part_scan.keys[lo:hi]
+            keys, slots = part_scan.of_shard(shard)
             by_key = np.argsort(keys)
-            keys, part = keys[by_key], part_scan.slots[lo:hi][by_key]
+            keys, part = keys[by_key], slots[by_key]
             out.tables[name] = TableRows(keys, table.slot_version[part], table.rows[part])
             out.digest += int(table.slot_hash[part].sum(dtype=np.uint64))
         out.digest %= 1 << 64
@@ -568,15 +535,6 @@ class _ByShard:
         offsets[:-1] = self.bounds[shards]
         offsets[-1] = self.bounds[-1]
         return offsets
-
-
-def _by_shard(keys: I64, slots: I64, shards: I64) -> tuple[I64, I64, I64]:
-    """Group by shard: a radix sort of the small shard numbers. Sorting by key is left to
-    each shard's read (``rows_from_scan``): sorting 500k keys at once held the owner's loop
-    ~25 ms at the start of a checkpoint or a validation."""
-    small = shards.astype(np.min_scalar_type(max(int(shards.max(initial=0)), 1)))
-    order = np.argsort(small, kind="stable")
-    return keys[order], slots[order], shards[order]
 
 
 def _current_rows(table: EmbeddingTable, keys: I64, since: int) -> TableRows:

@@ -142,8 +142,12 @@ class EmbeddingTable:
 
     def slots_at(self, keys: I64, watermark: I64) -> I64:
         """Slot of each key's newest row not newer than ``watermark[shard]`` (or -1)."""
-        slots = self.current_slots(keys)
-        limit = watermark[self.shard_of(keys)]
+        return self.rows_as_of(self.current_slots(keys), watermark[self.shard_of(keys)])
+
+    def rows_as_of(self, slots: I64, limit: I64) -> I64:
+        """Each slot walked back along its undo chain (``slot_prev``) to the newest row not
+        newer than ``limit`` (or -1: the key had no row then); a new array."""
+        slots = slots.copy()
         while True:
             live = slots >= 0
             too_new = np.zeros(slots.size, dtype=bool)
