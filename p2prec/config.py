@@ -405,6 +405,14 @@ class MeshConfig(_Section):
         "this much log. Ignored when checkpoint_log_ratio is 0.",
         ge=0,
     )
+    checkpoint_build_mib_s: float = _key(
+        64.0,
+        "Snapshot MiB a checkpoint builds per second (as RocksDB's rate limiter paces its "
+        "background writes): at full speed, members of one host checkpointing together held "
+        "both its cores and every delta waited. Keep it above the rate the log grows, or "
+        "checkpoints fall behind it; 0: unlimited.",
+        ge=0,
+    )
     wan_uplink_mbit: float = _key(
         0.0,
         "This host's WAN uplink in Mbit/s: every send to a member of another datacenter "

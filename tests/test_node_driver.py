@@ -201,6 +201,35 @@ def test_a_checkpoint_waits_for_a_log_of_ratio_times_the_store(tmp_path: Path) -
     run(tmp_path, body)
 
 
+@pytest.mark.parametrize("mib_s", [0.5, 0.0])
+def test_a_checkpoint_is_paced_at_its_build_rate(tmp_path: Path, mib_s: float) -> None:
+    """After each batch of snapshots the checkpoint pauses for the batch's bytes at
+    ``mesh.checkpoint_build_mib_s`` (0: never): its pauses add up to the snapshot bytes it
+    wrote over the rate. Members of one host checkpointing at full speed held both cores."""
+
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer({"mesh.checkpoint_build_mib_s": mib_s})
+        trainer = mesh.trainer
+        assert trainer is not None
+        for _ in range(5):
+            mesh.publish_step()
+        pauses: list[float] = []
+        pause_s = trainer._checkpoint_pause_s
+
+        def recorded(batch: Any) -> float:
+            pauses.append(pause_s(batch))
+            return pauses[-1]
+
+        trainer._checkpoint_pause_s = recorded  # type: ignore[method-assign]
+        await trainer._checkpoint_in_steps()
+        written = sum(f.stat().st_size for f in trainer.disk.shard_dir.glob("*.snap"))
+        assert written > 0 and len(pauses) > 1
+        expected = written / (mib_s * 2**20) if mib_s else 0.0
+        assert sum(pauses) == pytest.approx(expected)
+
+    run(tmp_path, body)
+
+
 def test_a_checkpoint_waits_for_the_minimum_log_of_a_small_store(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
         trainer = await _checkpointing_trainer(mesh, 0.01, 200_000)

@@ -43,6 +43,7 @@ from p2prec.io.persistence import NodeDisk
 from p2prec.io.transport import Envelope, PeerClass, Transport
 from p2prec.log import get_logger
 from p2prec.model.layout import StoreLayout
+from p2prec.model.snapshot import parts_nbytes
 from p2prec.model.store import ParamStore
 from p2prec.wire.codec import decode, encode
 from p2prec.wire.errors import RemoteProtocolError
@@ -71,12 +72,17 @@ LATENCY_FEED_MAX = 10_000  # latencies waiting for the metrics (the oldest drop 
 CLOSE_WAIT_S = 2.0  # how long close() waits for the owner task to stop
 OWNER_RETRY_S = 0.5  # wait after an owner-task step raised, instead of spinning on it
 DIGEST_STEP_SHARDS = 4  # shards hashed per loop turn by validated_head
+# Pause between two steps of validated_head: back to back, the trainer's hashing of a whole
+# store (~60-90 ms of CPU at 500k rows) took its share of a loaded host at once, its stream
+# fell behind and then published the late deltas in a burst.
+DIGEST_STEP_PAUSE_S = 0.02
 DIGEST_ATTEMPTS = 3  # stepped validated_head begun again at most this often, then at once
 # Share by which each checkpoint's wait and log threshold vary, per member: members on one host
 # fed one stream (p2prec up, tests, benchmarks) otherwise checkpoint in one burst. At +-25%,
 # 36 members' first checkpoints fell within ~6 s of each other, a burst that put p99 at
 # 1.7-2.4 s in compare.py's 30 s stream; at +-50%, 0.27-1.3 s (alternated runs).
 CHECKPOINT_JITTER = 0.5
+MIB = 1 << 20
 
 
 def rolled_back_to_watermark(store: ParamStore, rollback: Rollback) -> bool:
@@ -336,20 +342,29 @@ class NodeDriver:
     async def _checkpoint_in_steps(self) -> None:
         """A checkpoint that keeps the loop responsive: start a new log segment, then write the
         changed shards a few at a time (snapshots built on the loop, written in a worker
-        thread), and drop the old segments only once every shard changed before them is on
-        disk. Snapshots taken later than the rotation hold more, never less; replaying the newer
-        segment over them is idempotent (rows keep the newest version)."""
+        thread, paced at ``mesh.checkpoint_build_mib_s``), and drop the old segments only once
+        every shard changed before them is on disk. Snapshots taken later than the rotation hold
+        more, never less; replaying the newer segment over them is idempotent (rows keep the
+        newest version)."""
         changed, baseline = self._changed_shards()
         covered = self.disk.rotate()
         snapshots = CheckpointSnapshots(self._replica.store, changed)
         while not snapshots.done:
             if self._closed:
                 return  # close() checkpoints everything against the old baseline
-            await asyncio.to_thread(self._write_shards, snapshots.next_batch())
+            batch = snapshots.next_batch()
+            if batch:
+                await asyncio.to_thread(self._write_shards, batch)
+            await asyncio.sleep(self._checkpoint_pause_s(batch))
         self._save_control()
         self.disk.drop(covered)
         self._checkpointed = baseline
         self.counters.checkpoints += 1
+
+    def _checkpoint_pause_s(self, batch: Batch) -> float:
+        """The pause after a batch of snapshots: its bytes at ``checkpoint_build_mib_s``."""
+        rate = self.config.mesh.checkpoint_build_mib_s * MIB
+        return sum(parts_nbytes(parts) for _, parts in batch) / rate if rate > 0 else 0.0
 
     def _checkpoint_wait_s(self) -> float:
         """The checkpoint interval, jittered by +-CHECKPOINT_JITTER: members started together
@@ -625,11 +640,11 @@ class NodeDriver:
     # -- publishing (the trainer) ---------------------------------------------------------------
 
     async def validated_head(self, created_ms: int, attempts: int = DIGEST_ATTEMPTS) -> Validated:
-        """``Publisher.validated_head`` a few shards per loop turn, so that the loop goes on
-        publishing, receiving and answering while the store is hashed. When the head moves
-        under it (a rollback): begun again at the new head, up to ``attempts`` times, then
-        done at once; with ``attempts=1`` it raises ``StaleHead`` instead (a validator that
-        judged the old head must not validate the new one)."""
+        """``Publisher.validated_head`` a few shards per loop turn, DIGEST_STEP_PAUSE_S apart,
+        so that the loop goes on publishing, receiving and answering while the store is
+        hashed. When the head moves under it (a rollback): begun again at the new head, up to
+        ``attempts`` times, then done at once; with ``attempts=1`` it raises ``StaleHead``
+        instead (a validator that judged the old head must not validate the new one)."""
         publisher = self._replica
         if not isinstance(publisher, Publisher):
             raise RuntimeError("only the trainer validates its head")
@@ -637,7 +652,7 @@ class NodeDriver:
             job = publisher.begin_validated_head(created_ms)
             try:
                 while (validated := job.step(DIGEST_STEP_SHARDS)) is None:
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(DIGEST_STEP_PAUSE_S)
                 return validated
             except StaleHead as exc:
                 if attempts == 1:
