@@ -21,6 +21,7 @@ EMPTY = -2  # no key at this position
 ABSENT = -1  # key known, no row (value of a found key may be ABSENT)
 _TAG_BASE = -3  # transient tags written by the duplicate check lie below EMPTY
 _LOAD_MAX = 0.5
+_SCALAR_TAIL = 32  # probe chains still pending below this many keys: walked in Python
 
 
 class DuplicateKeys(ValueError):
@@ -59,20 +60,48 @@ class KeyIndex:
 
     def find(self, keys: I64) -> I64:
         """Positions of ``keys`` (-1 where the key was never inserted)."""
+        found, _ = self._probe(keys)
+        return found
+
+    def _probe(self, keys: I64) -> tuple[I64, I64]:
+        """Each key's position, or -1 and the first empty position of its probe chain (where
+        an insert would put it; -1 for keys found). Vector rounds while many keys are
+        pending, then the few long chains one key at a time: a numpy round costs the same
+        for 3 keys as for 300."""
         mask = self.capacity - 1
-        result = np.full(keys.size, -1, dtype=np.int64)
+        found = np.full(keys.size, -1, dtype=np.int64)
+        empty_at = np.full(keys.size, -1, dtype=np.int64)
         pending = np.arange(keys.size)
         pos = self._home(keys)
-        while pending.size:
+        while pending.size > _SCALAR_TAIL:
             p = pos[pending]
             vals = self._vals[p]
             empty = vals == EMPTY
             hit = ~empty & (self._keys[p] == keys[pending])
-            result[pending[hit]] = p[hit]
+            found[pending[hit]] = p[hit]
+            empty_at[pending[empty]] = p[empty]
             more = ~(empty | hit)
             pending = pending[more]
             pos[pending] = (p[more] + 1) & mask
-        return result
+        if pending.size:
+            self._probe_scalar(keys, pending, pos, found, empty_at)
+        return found, empty_at
+
+    def _probe_scalar(self, keys: I64, pending: I64, pos: I64, found: I64, empty_at: I64) -> None:
+        """``_probe``'s loop for a few keys, in Python ints (a numpy round is ~2 us)."""
+        mask = self.capacity - 1
+        pairs = self._pairs.data.cast("B").cast("q")  # flat [key, value, key, ...]
+        chains = zip(pending.tolist(), keys[pending].tolist(), pos[pending].tolist(), strict=True)
+        for i, key, start in chains:
+            p = start
+            while True:
+                if pairs[2 * p + 1] == EMPTY:
+                    empty_at[i] = p
+                    break
+                if pairs[2 * p] == key:
+                    found[i] = p
+                    break
+                p = (p + 1) & mask
 
     def insert_new(self, keys: I64) -> I64:
         """Insert ``keys`` (none present) with value ABSENT; returns their positions.
@@ -81,10 +110,15 @@ class KeyIndex:
         Raises ``DuplicateKeys`` if a key occurs twice in ``keys``; the map then holds the
         keys inserted so far as ABSENT, which changes no content."""
         self._reserve(self._count + keys.size)
+        return self._insert_at(keys, self._home(keys))
+
+    def _insert_at(self, keys: I64, start: I64) -> I64:
+        """Insert ``keys`` (none present) at the first free position from ``start`` on, which
+        must lie on each key's probe chain with every position before it taken."""
         mask = self.capacity - 1
         result = np.empty(keys.size, dtype=np.int64)
         pending = np.arange(keys.size)
-        pos = self._home(keys)
+        pos = start.copy()
         while pending.size:
             p = pos[pending]
             free = np.flatnonzero(self._vals[p] == EMPTY)
@@ -112,13 +146,15 @@ class KeyIndex:
     def find_or_insert(self, keys: I64) -> I64:
         """Positions of ``keys``, inserting (as ABSENT) those never seen.
 
-        Raises ``DuplicateKeys`` if a key occurs twice; no value has changed then."""
+        A missing key is inserted from the first empty position its lookup met (linear
+        probing: every position before it on the chain is taken), not probed again from
+        its home. Raises ``DuplicateKeys`` if a key occurs twice; no value has changed then."""
         self._reserve(self._count + keys.size)  # growth moves positions: grow before finding
-        pos = self.find(keys)
+        pos, empty_at = self._probe(keys)
         missing = pos < 0
         self._check_found_unique(pos[~missing])
         if missing.any():
-            pos[missing] = self.insert_new(keys[missing])
+            pos[missing] = self._insert_at(keys[missing], empty_at[missing])
         return pos
 
     def _check_found_unique(self, positions: I64) -> None:
