@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2prec.core.versions import EPOCH_MAX, SEQ_MAX, Order, Version, VersionVector
+from p2prec.core.versions import EPOCH_MAX, SEQ_MAX, Order, Version, VersionVector, next_packed
 
 versions = st.builds(Version, st.integers(0, EPOCH_MAX), st.integers(0, SEQ_MAX))
 
@@ -26,6 +26,17 @@ def test_next_never_lowers_the_epoch() -> None:
     assert Version(2, 5).next(3) == Version(3, 6)
     with pytest.raises(ValueError, match="epoch may not go back"):
         Version(2, 5).next(1)
+
+
+@given(st.lists(versions, max_size=8), st.integers(0, EPOCH_MAX))
+def test_next_packed_is_next_of_each(bases: list[Version], epoch: int) -> None:
+    packed = np.array([b.packed for b in bases], dtype=np.int64)
+    fits = all(b.epoch <= epoch and b.seq < SEQ_MAX for b in bases)
+    if not fits:
+        with pytest.raises(ValueError, match=r"epoch|seq"):
+            next_packed(packed, epoch)
+        return
+    assert next_packed(packed, epoch).tolist() == [b.next(epoch).packed for b in bases]
 
 
 def vv(*pairs: tuple[int, int]) -> VersionVector:

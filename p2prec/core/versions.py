@@ -69,6 +69,20 @@ def pack(epoch: int, seq: int) -> int:
     return Version(epoch, seq).packed
 
 
+def next_packed(bases: PackedArray, epoch: int) -> PackedArray:
+    """``Version.unpack(b).next(epoch).packed`` of every packed version in ``bases`` at once
+    (a publisher steps all 65 shards per delta: one dataclass round trip each took ~2 us)."""
+    bases = np.asarray(bases, dtype=np.int64)
+    if (bases < 0).any():
+        raise ValueError("packed versions are negative")
+    if not 0 <= epoch <= EPOCH_MAX or (bases >> SEQ_BITS > epoch).any():
+        raise ValueError(f"epoch {epoch} is outside 0..{EPOCH_MAX} or below a base's epoch")
+    seqs = (bases & SEQ_MAX) + 1
+    if (seqs > SEQ_MAX).any():
+        raise ValueError(f"seq beyond {SEQ_MAX}")
+    return (np.int64(epoch) << SEQ_BITS) | seqs
+
+
 class Order(enum.Enum):
     """Partial order of two version vectors."""
 

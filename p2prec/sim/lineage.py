@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from p2prec.core.versions import Version
+from p2prec.core.versions import next_packed
 from p2prec.model.keyhash import shard_of, table_salt
 from p2prec.model.layout import StoreLayout
 from p2prec.wire.messages import ParamDelta, TableRows
@@ -103,11 +103,11 @@ def make_delta(
         *row_shards.values(),
         np.array([layout.dense_shard] if with_dense else [], dtype=np.int64),
     ]
-    shards = tuple(int(s) for s in np.unique(np.concatenate(touched)))
-    bases = tuple(int(vector[s]) for s in shards)
-    versions = tuple(Version.unpack(b).next(epoch).packed for b in bases)
+    shard_ids = np.unique(np.concatenate(touched))
+    bases = vector[shard_ids]
+    versions = next_packed(bases, epoch)
     step_version = np.zeros(layout.n_shards, dtype=np.int64)
-    step_version[list(shards)] = versions
+    step_version[shard_ids] = versions
     tables = {}
     for table, k in keys.items():
         # Uniform in [-1, 1): a sixth of the CPU of normal draws (0.08 against 0.48 ms for
@@ -118,7 +118,9 @@ def make_delta(
         rows = rows.astype(layout.np_dtype, copy=False)  # as the trainer extracts them
         tables[table] = TableRows(k.astype(np.int64), step_version[row_shards[table]], rows)
     dense = {"mlp.w": rng.standard_normal((4, 3)).astype(np.float32)} if with_dense else {}
-    return ParamDelta(shards, bases, versions, tables, dense)
+    return ParamDelta(
+        tuple(shard_ids.tolist()), tuple(bases.tolist()), tuple(versions.tolist()), tables, dense
+    )
 
 
 def catch_up(
