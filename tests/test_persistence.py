@@ -167,3 +167,20 @@ def test_checkpoint_snapshots_come_in_batches_of_bounded_bytes_from_one_scan() -
     for batch in batches:  # a batch ends once it holds step_bytes
         assert sum(len(got[shard]) for shard, _ in batch[:-1]) < step_bytes
     assert 2 <= len(batches) < LAYOUT.n_shards and steps.scans == 1
+
+
+def test_replay_returns_frames_of_every_size_as_appended(tmp_path: Path) -> None:
+    """Small frames are written joined with their sizes, large ones as they are: the replay
+    must not tell the difference (sizes on both sides of the join threshold, empty ones)."""
+    import numpy as np
+
+    from p2prec.io.persistence import RECORD_JOIN_BYTES
+
+    rng = np.random.default_rng(3)
+    sizes = [0, 7, RECORD_JOIN_BYTES - 1, RECORD_JOIN_BYTES, 3 * RECORD_JOIN_BYTES + 5, 1]
+    messages = [[rng.bytes(n) for n in sizes], [rng.bytes(n) for n in reversed(sizes)], [b""]]
+    disk = NodeDisk(tmp_path, fsync=False)
+    for frames in messages:
+        disk.append([memoryview(f) for f in frames])
+    disk.close()
+    assert [list(map(bytes, r)) for r in NodeDisk(tmp_path).replay()] == messages
