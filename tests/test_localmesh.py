@@ -274,3 +274,15 @@ def test_ports_are_chosen_distinct_for_the_whole_plan(tmp_path: Path) -> None:
     plan = build_plan(PlanOptions(tmp_path, dcs=4, nodes_per_dc=8), "token")
     ports = [m.mesh_port for m in plan] + [m.http_port for m in plan if m.http_port]
     assert len(set(ports)) == len(ports) > len(plan)
+
+
+def test_synthetic_trainer_waits_for_every_node_of_the_plan(tmp_path: Path) -> None:
+    """The nodes start after the trainer: its synthetic stream must wait until all of them
+    joined (else its first deltas reach them by catch-up only). The command must parse."""
+    from p2prec.cli import build_parser
+    from p2prec.localmesh.plan import PlanOptions, build_plan
+
+    plan = build_plan(PlanOptions(tmp_path, dcs=2, nodes_per_dc=3, trainer="synthetic"), "t")
+    trainer = next(m for m in plan if m.role == "trainer")
+    args = build_parser().parse_args(trainer.command[3:])
+    assert args.synthetic_wait_members == 6 == sum(m.role == "node" for m in plan)

@@ -137,6 +137,9 @@ def _member_command(
     elif is_trainer:
         command += ["--synthetic-rate", str(options.synthetic_rate)]
         command += ["--synthetic-steps", str(options.synthetic_steps)]
+        # The nodes start after the trainer: the stream waits (bounded) until they joined it,
+        # else its first deltas reach them only by catch-up, seconds later.
+        command += ["--synthetic-wait-members", str(options.dcs * options.nodes_per_dc)]
     return command
 
 
