@@ -119,6 +119,25 @@ def resign(header: dict[str, Any] | bytes, buffers: list[bytes]) -> list[bytes]:
     return [raw, SIGNER.sign(digest), *buffers]
 
 
+def split_buffers(header: dict[str, Any], parts: list[bytes]) -> list[bytes]:
+    """One buffer per descriptor, out of protocol-2 frames ``[packed, big0, ...]``."""
+    sizes = [int(np.prod(shape)) * np.dtype(code).itemsize for code, shape in header["b"]]
+    bigs, out, offset = iter(parts[1:]), [], 0
+    for size in sizes:
+        if size >= codec.PACK_BELOW_BYTES:
+            out.append(next(bigs))
+            continue
+        offset += -offset % 8
+        out.append(parts[0][offset : offset + size])
+        offset += size
+    return out
+
+
+def pack_buffers(buffers: list[bytes]) -> list[bytes]:
+    """Protocol-2 frames of these buffers, as ``encode`` lays them out."""
+    return [bytes(part) for part in codec._packed_buffers([memoryview(b) for b in buffers])]
+
+
 def expect_rejected(frames: Any, match: str | None = None, **kwargs: Any) -> None:
     kwargs.setdefault("verifier", VERIFIER)
     with pytest.raises(RemoteProtocolError, match=match) as info:
@@ -143,14 +162,21 @@ def test_round_trip(kind: str) -> None:
             assert any(np.shares_memory(arr, np.frombuffer(f, np.uint8)) for f in frames[2:])
 
 
-def test_encode_is_zero_copy_for_contiguous_little_endian() -> None:
-    msg = make_delta(np.random.default_rng(2))
+def test_encode_sends_big_buffers_without_copy_and_packs_the_small() -> None:
+    """Buffers of PACK_BELOW_BYTES or more are their own frames, views of the arrays; the
+    small ones are copied into frame 2, each at an offset aligned to 8 bytes."""
+    msg = make_delta(np.random.default_rng(2), n=1200, dim=16)  # u.rows: 76.8 KB
     frames = encode(msg, None)
     assert isinstance(frames[0], bytes)
     assert frames[1] == b""
-    views = [np.frombuffer(f, np.uint8) for f in frames[2:]]
-    for arr in message_arrays(msg):
-        assert any(np.shares_memory(arr, v) for v in views)
+    arrays = message_arrays(msg)
+    big = [a for a in arrays if a.nbytes >= codec.PACK_BELOW_BYTES]
+    assert [a.nbytes for a in big] == [1200 * 16 * 4] and len(frames) == 4
+    assert np.shares_memory(big[0], np.frombuffer(frames[3], np.uint8))
+    buffers = split_buffers(orjson.loads(frames[0]), [bytes(f) for f in frames[2:]])
+    for arr in arrays:  # each small one at its 8-byte aligned place in frame 2
+        assert arr.tobytes() in buffers
+    assert_same(msg, decode(frames, None, trust_unsigned=True))
 
 
 def test_encode_converts_strided_and_big_endian() -> None:
@@ -173,15 +199,18 @@ def test_encode_converts_strided_and_big_endian() -> None:
 
 
 def test_decode_views_the_received_frames() -> None:
-    frames = [bytearray(f) for f in encoded("delta")]
+    big = make_delta(np.random.default_rng(1), n=1200, dim=16)  # u.rows in a frame of its own
+    frames = [bytearray(f) for f in encode(big, SIGNER)]
     out = decode(frames, VERIFIER)
     assert isinstance(out, ParamDelta)
     rows = out.tables["u"].rows
-    assert np.shares_memory(rows, np.frombuffer(frames[7], np.uint8))
+    assert np.shares_memory(rows, np.frombuffer(frames[3], np.uint8))
+    keys = out.tables["u"].keys  # packed with the other small buffers
+    assert np.shares_memory(keys, np.frombuffer(frames[2], np.uint8))
     assert not rows.flags.writeable
     with pytest.raises(ValueError, match="read-only"):
         rows[0, 0] = 1.0
-    np.frombuffer(frames[7], np.float32)[0] = 42.0  # the receiver owns the frame
+    np.frombuffer(frames[3], np.float32)[0] = 42.0  # the receiver owns the frame
     assert rows[0, 0] == 42.0
 
 
@@ -228,16 +257,19 @@ def test_shard_digests_are_signed() -> None:
     assert isinstance(out, Validated)
     assert isinstance(out.shard_digests, bytes)
     assert out.shard_digests == msg.shard_digests
+    packed = frames[2]  # the vector (4 x 8 bytes), then the digests
+    assert packed[32:] == msg.shard_digests
     for pos in (0, 31, 32, 127):  # one flipped bit in any shard's digest
-        bad = bytearray(frames[3])
-        bad[pos] ^= 0x01
-        expect_rejected([*frames[:3], bytes(bad)], "signature verification failed")
+        bad = bytearray(packed)
+        bad[32 + pos] ^= 0x01
+        expect_rejected([*frames[:2], bytes(bad)], "signature verification failed")
     other = make_validated(np.random.default_rng(5)).shard_digests
-    expect_rejected([*frames[:3], other], "signature verification failed")
-    expect_rejected([*frames[:3], frames[3][32:] + frames[3][:32]], "verification failed")
+    expect_rejected([*frames[:2], packed[:32] + other], "signature verification failed")
+    swapped = packed[:32] + packed[64:] + packed[32:64]
+    expect_rejected([*frames[:2], swapped], "verification failed")
     # Dropping the digests (with a matching descriptor) is tampering too.
     header["b"][1] = ["|u1", [0]]
-    expect_rejected([orjson.dumps(header), frames[1], frames[2], b""], "verification failed")
+    expect_rejected([orjson.dumps(header), frames[1], packed[:32]], "verification failed")
 
 
 def test_validated_without_shard_digests() -> None:
@@ -359,7 +391,7 @@ def drop_buffer(header: dict[str, Any], buffers: list[bytes]) -> None:
 
 # Delta buffers: 0 shards, 1 bases, 2 versions, 3-5 table u, 6-8 table v, 9 dense w.
 HOSTILE: list[tuple[str, Mutator, str]] = [
-    ("delta", setp("p", 2), "protocol version"),
+    ("delta", setp("p", 3), "protocol version"),
     ("delta", setp("p", True), "protocol version"),
     ("delta", setp("p", DELETE), "protocol version"),
     ("delta", setp("t", 99), "message type"),
@@ -441,9 +473,9 @@ HOSTILE: list[tuple[str, Mutator, str]] = [
 def test_hostile_but_signed(kind: str, mutate: Mutator, match: str) -> None:
     frames = encoded(kind)
     header = orjson.loads(frames[0])
-    buffers = list(frames[2:])
+    buffers = split_buffers(header, frames[2:])
     mutate(header, buffers)
-    expect_rejected(resign(header, buffers), match)
+    expect_rejected(resign(header, pack_buffers(buffers)), match)
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,15 @@ from test_codec import (
     drop_buffer,
     expect_rejected,
     fuzz_once,
+    pack_buffers,
     resign,
     setbuf,
     setp,
+    split_buffers,
 )
 
 from p2prec.core.versions import EPOCH_MAX, VersionVector, pack
-from p2prec.wire.codec import MAX_JSON_DEPTH, WireMessage, decode, encode
+from p2prec.wire.codec import MAX_JSON_DEPTH, PACK_BELOW_BYTES, WireMessage, decode, encode
 from p2prec.wire.limits import WireLimits
 from p2prec.wire.messages import (
     SIGNED_TYPES,
@@ -134,18 +136,24 @@ def test_sync_digest_header_and_zero_copy() -> None:
     assert out.root == msg.root and isinstance(out.root, bytes)
     assert out.digests.dtype == np.uint64
     assert not out.digests.flags.writeable
-    assert np.shares_memory(out.digests, np.frombuffer(frames[4], np.uint8))
+    # Three small buffers packed in frame 2: vector at 0, watermark at 40, digests at 80.
+    assert np.shares_memory(out.digests, np.frombuffer(frames[2], np.uint8))
     with pytest.raises(ValueError, match="read-only"):
         out.digests[0] = 1
-    np.frombuffer(frames[4], np.uint64)[0] = 42  # the receiver owns the frame
+    np.frombuffer(frames[2], np.uint64)[10] = 42  # the receiver owns the frame
     assert out.digests[0] == 42
 
 
-def test_encode_is_zero_copy() -> None:
-    digest = make_sync_digest(np.random.default_rng(3))
-    assert shares(digest.digests, encode(digest, None)[2:])
-    snap = make_shard_snapshot(np.random.default_rng(3))
-    assert shares(snap.data, encode(snap, None)[2:])
+def big_snapshot(rng: np.random.Generator) -> ShardSnapshot:
+    return ShardSnapshot(shard=7, version=pack(2, 40), data=rng.bytes(PACK_BELOW_BYTES))
+
+
+def test_encode_is_zero_copy_for_big_buffers() -> None:
+    snap = big_snapshot(np.random.default_rng(3))
+    frames = encode(snap, None)
+    assert len(frames) == 4 and frames[2] == b"" and shares(snap.data, frames[3:])
+    digest = make_sync_digest(np.random.default_rng(3))  # small: copied into frame 2
+    assert not shares(digest.digests, encode(digest, None)[2:])
 
 
 def test_shard_snapshot_is_a_read_only_view() -> None:
@@ -158,9 +166,11 @@ def test_shard_snapshot_is_a_read_only_view() -> None:
     with pytest.raises(TypeError):
         out.data[0] = 1
     assert bytes(out.data) == bytes(frames[2])
-    # A decoded snapshot is forwarded as is (a relay re-encodes the view without a copy).
-    again = encode(out, None)
-    assert shares(again[2], [frames[2]])
+    # A decoded big snapshot is forwarded as is (a relay re-encodes the view without a copy).
+    big = [bytearray(f) for f in encode(big_snapshot(np.random.default_rng(4)), None)]
+    received = decode(big, None)
+    assert isinstance(received, ShardSnapshot)
+    assert shares(encode(received, None)[3], [big[3]])
 
 
 def test_empty_mesh_messages() -> None:
@@ -336,9 +346,9 @@ HOSTILE: list[tuple[str, Mutator, str]] = [
 def test_hostile(kind: str, mutate: Mutator, match: str) -> None:
     frames = encoded(kind)
     header = orjson.loads(frames[0])
-    buffers = list(frames[2:])
+    buffers = split_buffers(header, frames[2:])
     mutate(header, buffers)
-    expect_rejected([orjson.dumps(header), b"", *buffers], match)
+    expect_rejected([orjson.dumps(header), b"", *pack_buffers(buffers)], match)
 
 
 def test_deep_membership_body_is_refused() -> None:

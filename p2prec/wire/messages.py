@@ -18,7 +18,9 @@ import numpy.typing as npt
 
 from p2prec.core.versions import PackedArray, VersionVector
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: Versions ``decode`` reads: 1 (every buffer in its own frame) for logs written before 2.
+READABLE_PROTOCOL_VERSIONS = (1, 2)
 
 Int64Array: TypeAlias = npt.NDArray[np.int64]
 FloatArray: TypeAlias = npt.NDArray[np.floating]
