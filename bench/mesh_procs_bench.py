@@ -1,6 +1,7 @@
 """Publish -> applied-on-every-node latency with one OS process per mesh member.
 
     python bench/mesh_procs_bench.py [--dcs 3] [--per-dc 4] [--rate 50] [--rows 1000] [--steps 500]
+                                     [--window-s 6]
 
 Starts ``p2prec node`` processes on 127.0.0.1 (CURVE on, local preset, one shard group so a
 step is one delta, one table of dim 64): the nodes first, then the trainer with a synthetic
@@ -95,6 +96,13 @@ def main() -> None:
         help="leave out deltas created in the stream's first seconds (every node is known "
         "to the trainer, but nodes may still be completing their views of each other: such "
         "deltas reach a node by catch-up)",
+    )
+    parser.add_argument(
+        "--window-s",
+        type=float,
+        default=0.0,
+        help="also print p50/p99 per window of this many seconds of the stream (0: not): "
+        "whether the tail comes from the stream's start or keeps growing with the stores",
     )
     parser.add_argument(
         "--validate-every",
@@ -266,6 +274,24 @@ def report(tmp: Path, nodes: list[str], args: argparse.Namespace) -> None:
         p50, p99 = np.percentile(values, [50, 99])
         print(f"{label:24} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   max {values.max():7.1f} ms")
     print("goal: p99 applied on every node < 100 ms")
+    if args.window_s > 0:
+        report_windows(per_delta, len(nodes), first_ms, args.window_s)
+
+
+def report_windows(
+    per_delta: dict[int, list[float]], n_nodes: int, first_ms: int, window_s: float
+) -> None:
+    """p50/p99 (applied on every node) of the deltas created in each window of the stream."""
+    windows: dict[int, list[float]] = {}
+    for created_ms, latencies in sorted(per_delta.items()):
+        if len(latencies) == n_nodes:
+            index = int((created_ms - first_ms) / (1000 * window_s))
+            windows.setdefault(index, []).append(max(latencies))
+    for index, values in sorted(windows.items()):
+        p50, p99 = np.percentile(values, [50, 99])
+        start, end = index * window_s, (index + 1) * window_s
+        span = f"{start:.0f}-{end:.0f} s"
+        print(f"  stream {span:>10}: {len(values):4} deltas  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
 
 
 if __name__ == "__main__":
