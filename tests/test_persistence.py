@@ -170,14 +170,12 @@ def test_checkpoint_snapshots_come_in_batches_of_bounded_bytes_from_one_scan() -
 
 
 def test_replay_returns_frames_of_every_size_as_appended(tmp_path: Path) -> None:
-    """Small frames are written joined with their sizes, large ones as they are: the replay
-    must not tell the difference (sizes on both sides of the join threshold, empty ones)."""
+    """The replay gives back every frame as appended: sizes from empty to a few hundred KB."""
     import numpy as np
 
-    from p2prec.io.persistence import RECORD_JOIN_BYTES
-
     rng = np.random.default_rng(3)
-    sizes = [0, 7, RECORD_JOIN_BYTES - 1, RECORD_JOIN_BYTES, 3 * RECORD_JOIN_BYTES + 5, 1]
+    kib64 = 64 << 10
+    sizes = [0, 7, kib64 - 1, kib64, 3 * kib64 + 5, 1]
     messages = [[rng.bytes(n) for n in sizes], [rng.bytes(n) for n in reversed(sizes)], [b""]]
     disk = NodeDisk(tmp_path, fsync=False)
     for frames in messages:

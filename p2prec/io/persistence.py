@@ -31,7 +31,6 @@ from p2prec.model.store import ParamStore
 _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 _MAGIC = b"P2PLOG1\n"
-RECORD_JOIN_BYTES = 64 << 10  # frames smaller than this are copied into one write part
 
 
 class DiskError(RuntimeError):
@@ -143,20 +142,11 @@ def _record(frames: Sequence[FrameBytes]) -> bytes:
 
 
 def _record_parts(frames: Sequence[FrameBytes]) -> list[FrameBytes]:
-    """A log record: its size, the frame count, then each frame's size and bytes. Small
-    frames are joined with their sizes into one part (the same bytes): a delta's dozen small
-    frames cost one iovec of ~16 KB copied instead of two Python parts each."""
-    parts: list[FrameBytes] = []
-    pending: list[FrameBytes] = [_COUNT.pack(len(frames))]
+    """A log record: its size, the frame count, then each frame's size and bytes."""
+    parts: list[FrameBytes] = [_COUNT.pack(len(frames))]
     for frame in frames:
         view = memoryview(frame)
-        pending.append(_LEN.pack(view.nbytes))
-        if view.nbytes < RECORD_JOIN_BYTES:
-            pending.append(view)
-            continue
-        parts += [b"".join(pending), view]
-        pending = []
-    parts.append(b"".join(pending))
+        parts += [_LEN.pack(view.nbytes), view]
     size = sum(memoryview(p).nbytes for p in parts)
     return [_LEN.pack(size), *parts]
 
