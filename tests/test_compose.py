@@ -182,6 +182,17 @@ def test_dockerfile_builds_a_node_image_without_torch_and_a_cpu_torch_trainer() 
     assert targets.pop("trainer") == "trainer" and set(targets.values()) == {"node"}
 
 
+def test_dockerfile_compiles_the_kernels_in_a_stage_of_its_own() -> None:
+    """The wheel stage has gcc and checks the wheel holds the compiled kernels; the images
+    install that wheel and carry no compiler."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", dockerfile, re.M | re.S))
+    assert "gcc" in stages["wheel"] and "setup.py" in stages["wheel"]
+    assert "_kernels" in stages["wheel"]
+    assert "COPY --from=wheel /wheels" in stages["base"]
+    assert "gcc" not in stages["base"] and "COPY p2prec" not in stages["base"]
+
+
 def _compose_plugin() -> bool:
     if shutil.which("docker") is None:
         return False

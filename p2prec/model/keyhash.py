@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 from blake3 import blake3
 
+from p2prec.model.kernels import NATIVE
+
 U64 = npt.NDArray[np.uint64]
 
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -38,5 +40,9 @@ def shard_of(
     salt: np.uint64, keys: npt.NDArray[np.int64], row_shards: int
 ) -> npt.NDArray[np.int64]:
     """Shard of each key of one table: ``mix64(key ^ salt) % row_shards``."""
+    if NATIVE is not None:
+        out = np.empty(keys.size, dtype=np.int64)
+        NATIVE.shard_of(np.ascontiguousarray(keys), int(salt), row_shards, out)
+        return out
     mixed = mix64(keys.view(np.uint64) ^ salt)
     return (mixed % np.uint64(row_shards)).astype(np.int64)

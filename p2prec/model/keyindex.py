@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from p2prec.model.kernels import NATIVE, Kernels
 from p2prec.model.keyhash import mix64
 from p2prec.model.spare import PREPARE_AT, SPARE_MIN_BYTES, SpareArray, prepared_or_new
 
@@ -68,6 +69,10 @@ class KeyIndex:
         an insert would put it; -1 for keys found). Vector rounds while many keys are
         pending, then the few long chains one key at a time: a numpy round costs the same
         for 3 keys as for 300."""
+        if NATIVE is not None:
+            found, empty_at = np.empty((2, keys.size), dtype=np.int64)
+            NATIVE.probe(self._pairs, np.ascontiguousarray(keys), found, empty_at)
+            return found, empty_at
         mask = self.capacity - 1
         found = np.full(keys.size, -1, dtype=np.int64)
         empty_at = np.full(keys.size, -1, dtype=np.int64)
@@ -150,11 +155,22 @@ class KeyIndex:
         probing: every position before it on the chain is taken), not probed again from
         its home. Raises ``DuplicateKeys`` if a key occurs twice; no value has changed then."""
         self._reserve(self._count + keys.size)  # growth moves positions: grow before finding
+        if NATIVE is not None:
+            return self._find_or_insert_native(NATIVE, keys)
         pos, empty_at = self._probe(keys)
         missing = pos < 0
         self._check_found_unique(pos[~missing])
         if missing.any():
             pos[missing] = self._insert_at(keys[missing], empty_at[missing])
+        return pos
+
+    def _find_or_insert_native(self, native: Kernels, keys: I64) -> I64:
+        pos = np.empty(keys.size, dtype=np.int64)
+        inserted, duplicate = native.find_or_insert(self._pairs, np.ascontiguousarray(keys), pos)
+        self._count += inserted
+        self._prepare_growth()
+        if duplicate:
+            raise DuplicateKeys("a key occurs twice in one batch")
         return pos
 
     def _check_found_unique(self, positions: I64) -> None:

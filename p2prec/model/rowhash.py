@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from blake3 import blake3
 
+from p2prec.model.kernels import NATIVE
 from p2prec.model.keyhash import U64, mix64
 
 _WORD_TYPES = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
@@ -32,10 +33,15 @@ def _constants(count: int) -> U64:
     return _K_CACHE[count]
 
 
+def _word_width(row_bytes: int) -> int:
+    """Bytes per word of a row: the widest of 8, 4, 2, 1 that divides it."""
+    return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
+
+
 def _row_words(rows: npt.NDArray[np.generic]) -> U64:
     """View each row's bytes as unsigned words, widened to uint64 (no copy for 8-byte words)."""
     flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1).view(np.uint8)
-    width = next(w for w in (8, 4, 2, 1) if flat.shape[1] % w == 0)
+    width = _word_width(flat.shape[1])
     words = flat.view(_WORD_TYPES[width])
     return words if width == 8 else words.astype(np.uint64)
 
@@ -49,6 +55,13 @@ def row_hashes(
     """64-bit hash of each ``(table, key, version, row bytes)``."""
     if keys.size == 0:
         return np.zeros(0, dtype=np.uint64)
+    if NATIVE is not None:
+        rows = np.ascontiguousarray(rows)
+        out = np.empty(keys.size, dtype=np.uint64)
+        count = rows.nbytes // keys.size // _word_width(rows.nbytes // keys.size)
+        keys, versions = np.ascontiguousarray(keys), np.ascontiguousarray(versions)
+        NATIVE.row_hashes(int(salt), keys, versions, rows, _constants(count), out)
+        return out
     words = _row_words(rows)
     linear = words @ _constants(words.shape[1])
     ident = mix64(keys.view(np.uint64) ^ salt) + versions.view(np.uint64) * _VERSION_MUL

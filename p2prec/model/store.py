@@ -17,6 +17,8 @@ import numpy.typing as npt
 from p2prec.core.merkle import MerkleTree
 from p2prec.core.versions import VersionVector
 from p2prec.model.dense import DenseShard
+from p2prec.model.kernels import NATIVE
+from p2prec.model.keyhash import U64
 from p2prec.model.keyindex import DuplicateKeys
 from p2prec.model.layout import StoreLayout
 from p2prec.model.scan import ScanJob, ShardScan
@@ -515,18 +517,10 @@ class _ByShard:
     ``s`` holds ``keys[bounds[s]:bounds[s + 1]]`` (and the same slice of ``slots``)."""
 
     def __init__(self, table: EmbeddingTable, written: Written, n_shards: int) -> None:
-        small = written.shards.astype(np.int16 if n_shards < 2**15 else np.int64)
-        order = np.argsort(small, kind="stable")
+        grouping = _group_native if NATIVE is not None else _group
+        order, self.bounds, self.digest_change = grouping(table, written, n_shards)
         self.slots = written.slots[order]
         self.keys = written.keys[order]
-        bounds = np.searchsorted(small[order], np.arange(n_shards + 1))
-        self.bounds: I64 = bounds.astype(np.int64)
-        prev = written.prev[order]
-        had = prev >= 0
-        change = written.hashes[order]
-        change -= np.where(had, table.slot_hash[np.where(had, prev, 0)], np.uint64(0))
-        running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(change, dtype=np.uint64)])
-        self.digest_change = running[bounds[1:]] - running[bounds[:-1]]
 
     def part_offsets(self, shards: I64) -> I64:
         """Where each of ``shards`` (sorted, and holding every row written) starts, then the
@@ -535,6 +529,38 @@ class _ByShard:
         offsets[:-1] = self.bounds[shards]
         offsets[-1] = self.bounds[-1]
         return offsets
+
+
+def _group(table: EmbeddingTable, written: Written, n_shards: int) -> tuple[I64, I64, U64]:
+    """``_ByShard``'s order of the rows, shard bounds and digest changes, in numpy."""
+    small = written.shards.astype(np.int16 if n_shards < 2**15 else np.int64)
+    order = np.argsort(small, kind="stable")
+    bounds = np.searchsorted(small[order], np.arange(n_shards + 1)).astype(np.int64)
+    prev = written.prev[order]
+    had = prev >= 0
+    change = written.hashes[order]
+    change -= np.where(had, table.slot_hash[np.where(had, prev, 0)], np.uint64(0))
+    running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(change, dtype=np.uint64)])
+    return order, bounds, running[bounds[1:]] - running[bounds[:-1]]
+
+
+def _group_native(table: EmbeddingTable, written: Written, n_shards: int) -> tuple[I64, I64, U64]:
+    """``_group`` in one compiled pass (a counting sort)."""
+    assert NATIVE is not None
+    order = np.empty(len(written), dtype=np.int64)
+    bounds = np.empty(n_shards + 1, dtype=np.int64)
+    change = np.empty(n_shards, dtype=np.uint64)
+    c = np.ascontiguousarray
+    NATIVE.group_by_shard(
+        c(written.shards),
+        c(written.hashes),
+        c(written.prev),
+        table.slot_hash,
+        order,
+        bounds,
+        change,
+    )
+    return order, bounds, change
 
 
 def _current_rows(table: EmbeddingTable, keys: I64, since: int) -> TableRows:
