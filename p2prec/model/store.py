@@ -367,7 +367,7 @@ class ParamStore:
         slots = tab.slots_at(ids, self._watermark) if validated else tab.current_slots(ids)
         found = slots >= 0
         rows = np.zeros((ids.size, tab.dim), dtype=tab.dtype)
-        rows[found] = tab.rows[slots[found]]
+        rows[found] = tab.rows_at(slots[found])
         versions = np.full(ids.size, -1, dtype=np.int64)
         versions[found] = tab.slot_version[slots[found]]
         return Lookup(rows, found, versions)
@@ -481,7 +481,7 @@ class ParamStore:
             keys, slots = part_scan.of_shard(shard)
             by_key = np.argsort(keys)
             keys, part = keys[by_key], slots[by_key]
-            out.tables[name] = TableRows(keys, table.slot_version[part], table.rows[part])
+            out.tables[name] = TableRows(keys, table.slot_version[part], table.rows_at(part))
             out.digest += int(table.slot_hash[part].sum(dtype=np.uint64))
         out.digest %= 1 << 64
         return out
@@ -568,7 +568,7 @@ def _current_rows(table: EmbeddingTable, keys: I64, since: int) -> TableRows:
     live = slots >= 0
     live[live] = table.slot_version[slots[live]] > since
     keys, slots = keys[live], slots[live]
-    return TableRows(keys, table.slot_version[slots], table.rows[slots])
+    return TableRows(keys, table.slot_version[slots], table.rows_at(slots))
 
 
 __all__ = [

@@ -69,7 +69,7 @@ class LatestItems:
         versions = table.slot_version[slots]
         changed = np.flatnonzero((slots != self._slots) | (versions != self._versions))
         if changed.size:
-            self.rows[changed] = table.rows[slots[changed]]
+            self.rows[changed] = table.rows_at(slots[changed])
             self._slots[changed] = slots[changed]
             self._versions[changed] = versions[changed]
             self.rows_copied += int(changed.size)
@@ -86,7 +86,7 @@ class LatestItems:
         self._slots = slots
         self._versions = table.slot_version[slots]
         self.keys = index_keys[order]
-        self.rows = np.array(table.rows[slots], dtype=np.float32)  # a copy, C-ordered
+        self.rows = np.asarray(table.rows_at(slots), dtype=np.float32)  # a copy, C-ordered
         self.rebuilds += 1
         return self.keys, self.rows
 

@@ -125,7 +125,7 @@ class OnlineLearner:
             gone = np.setdiff1d(emb.keys(), keys, assume_unique=True)
             emb.drop(gone)
             if keys.size:
-                emb.assign(keys, table.rows[slots])
+                emb.assign(keys, table.rows_at(slots))
         self.tower.assign(store.dense_tensors())
 
     # -- checkpoint state ----------------------------------------------------------------------
