@@ -18,15 +18,17 @@ from hypothesis import strategies as st
 
 from p2prec.core.versions import VersionVector
 from p2prec.model import keyhash, keyindex, rowhash, store
+from p2prec.model import table as store_table
 from p2prec.model.kernels import NATIVE, Kernels
 from p2prec.model.keyindex import ABSENT, DuplicateKeys, KeyIndex
 from p2prec.model.layout import StoreLayout
 from p2prec.model.store import ParamStore
 from p2prec.model.table import EmbeddingTable, Written
-from p2prec.sim.lineage import generate
+from p2prec.sim.lineage import catch_up, generate
+from p2prec.wire.messages import TableRows
 
 I64 = npt.NDArray[np.int64]
-NUMPY_PATH_MODULES = (keyhash, keyindex, rowhash, store)
+NUMPY_PATH_MODULES = (keyhash, keyindex, rowhash, store, store_table)
 
 needs_native = pytest.mark.skipif(
     NATIVE is None, reason="p2prec.model._kernels not built (no C compiler, or P2PREC_NATIVE=0)"
@@ -212,6 +214,89 @@ def test_stores_on_both_paths_keep_equal_digests_through_apply_validate_and_roll
     fast.validate_state()
     assert fast.root == slow.root
     assert fast.vector == slow.vector
+
+
+@needs_native
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 200), st.integers(1, 40), seeds)
+def test_row_plan_matches_numpy_with_every_shard_status(n: int, row_shards: int, seed: int) -> None:
+    """Which rows apply, and which problem is named first, for random steps and statuses."""
+    rng = np.random.default_rng(seed)
+    table = EmbeddingTable("t", 2, np.dtype(np.float32), row_shards)
+    status = rng.integers(0, 4, row_shards + 1).astype(np.int64)
+    if rng.random() < 0.5:
+        status[status == 0] = 3  # often no row outside a stepped shard
+    bases = rng.integers(0, 5, row_shards + 1).astype(np.int64)
+    steps = np.stack([bases, bases + rng.integers(1, 4, row_shards + 1)])
+    keys = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+    shard_tops = steps[1, table.shard_of(keys)]
+    versions = shard_tops - rng.integers(0, 3 if rng.random() < 0.5 else 2, n)
+    rows = TableRows(keys, versions, np.zeros((n, 2), dtype=np.float32))
+    fast = store._plan_rows_native(table, rows, status, steps)
+    slow = store._plan_rows(table, rows, status, steps)
+    assert fast[0].tolist() == slow[0].tolist()
+    assert fast[2] == slow[2]
+    if not slow[2]:
+        assert (fast[1] is None) == (slow[1] is None)
+        if fast[1] is not None and slow[1] is not None:
+            assert fast[1].tolist() == slow[1].tolist()
+
+
+@needs_native
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(2, 20), seeds)
+def test_stores_on_both_paths_agree_when_rows_arrive_stale_and_out_of_order(
+    seed: int, n: int, order_seed: int
+) -> None:
+    """Catch-ups of some shards, old deltas and stale catch-ups in a random order: rows older
+    than the one held are skipped the same way on both paths."""
+    layout = StoreLayout(row_shards=8, dim=3, tables=("user", "item"))
+    lineage = generate(layout, seed, n, rows_per_step=12, key_space=60)
+    rng = np.random.default_rng(order_seed)
+    final = lineage.states[-1]
+    pieces = [catch_up(layout, final, shards=[int(s) for s in rng.choice(8, 3, replace=False)])]
+    pieces += [lineage.deltas[int(i)] for i in rng.integers(0, n, 6)]
+    pieces += [catch_up(layout, lineage.states[int(i)]) for i in rng.integers(0, n + 1, 3)]
+    fast, slow = ParamStore(layout), ParamStore(layout)
+    with pytest.MonkeyPatch.context() as mp:
+        for i in rng.permutation(len(pieces)):
+            fast_result = fast.apply(pieces[i])
+            on_numpy_path(mp)
+            slow_result = slow.apply(pieces[i])
+            mp.undo()
+            assert fast_result == slow_result
+            assert fast.digests.tolist() == slow.digests.tolist()
+        on_numpy_path(mp)
+        slow.validate_state()
+        mp.undo()
+    fast.validate_state()
+    assert fast.root == slow.root
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 120), seeds)
+def test_only_rows_newer_than_the_held_one_are_written_on_both_paths(n: int, seed: int) -> None:
+    """Rows older than, as old as and newer than the key's current row, and keys without
+    one: the same rows pass the filter, with the same current slots."""
+    rng = np.random.default_rng(seed)
+    table = EmbeddingTable("t", 2, np.dtype(np.float32), 4)
+    held = np.arange(n, dtype=np.int64)
+    held_versions = rng.integers(1, 5, n).astype(np.int64)
+    slots = table.load_rows(held, held_versions, np.zeros((n, 2), np.float32), 0)
+    table.index.set_values(table.index.find(held[: n // 3]), np.full(n // 3, ABSENT))
+    keys = np.concatenate([held, held + n])  # the second half never seen
+    versions = np.concatenate([held_versions, held_versions]) + rng.integers(-1, 2, 2 * n)
+    positions = table.positions(keys)
+    fast = table._current_and_newer(positions, versions)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_table, "NATIVE", None)
+        slow = table._current_and_newer(positions, versions)
+    assert fast[0].tolist() == slow[0].tolist()
+    assert fast[0][n // 3 : n].tolist() == slots[n // 3 :].tolist()
+    assert (fast[1] is None) == (slow[1] is None)
+    if fast[1] is not None and slow[1] is not None:
+        assert fast[1].tolist() == slow[1].tolist()
 
 
 @needs_native

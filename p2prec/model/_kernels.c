@@ -407,6 +407,169 @@ done:
     return result;
 }
 
+/* -- rows_plan ----------------------------------------------------------------------------- */
+
+#define STATUS_APPLY 3 /* store._APPLY */
+#define STATUS_NOT_STEPPED 0 /* store._NOT_STEPPED */
+
+PyDoc_STRVAR(rows_plan_doc,
+             "rows_plan(keys, versions, salt, row_shards, status, bases, tops, shards, keep)"
+             " -> (kept, problem)\n--\n\n"
+             "store._rows_to_apply's checks: each row's shard in shards; the rows whose shard "
+             "status is APPLY listed in keep[:kept]. problem is 1 when a row lies in a shard "
+             "whose status is NOT_STEPPED, else 2 when a row's version is not in (bases[shard], "
+             "tops[shard]], else 0 (status, bases and tops: one entry per shard).");
+
+static PyObject *rows_plan(PyObject *self, PyObject *args)
+{
+    PyObject *objs[7];
+    unsigned long long salt;
+    long long row_shards;
+    if (!PyArg_ParseTuple(args, "OOKLOOOOO", &objs[0], &objs[1], &salt, &row_shards, &objs[2],
+                          &objs[3], &objs[4], &objs[5], &objs[6]))
+        return NULL;
+    Array8 a[7];
+    static const int writable[7] = {0, 0, 0, 0, 0, 1, 1};
+    static const char *names[7] = {"keys", "versions", "status", "bases", "tops", "shards", "keep"};
+    if (arrays8(objs, a, writable, names, 7) < 0)
+        return NULL;
+    Py_ssize_t n = a[0].n, n_shards = a[2].n;
+    PyObject *result = NULL;
+    if (a[1].n != n || a[5].n != n || a[6].n != n || a[3].n != n_shards || a[4].n != n_shards) {
+        PyErr_SetString(PyExc_ValueError, "rows_plan: arrays differ in length");
+        goto done;
+    }
+    if (row_shards < 1 || row_shards > n_shards) {
+        PyErr_SetString(PyExc_ValueError, "rows_plan: row_shards must lie in 1..len(status)");
+        goto done;
+    }
+    const uint64_t *keys = U64(a[0]);
+    const int64_t *versions = I64(a[1]), *status = I64(a[2]), *bases = I64(a[3]);
+    const int64_t *tops = I64(a[4]);
+    int64_t *shards = I64(a[5]), *keep = I64(a[6]);
+    Py_ssize_t kept = 0;
+    int not_stepped = 0, outside = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t s = (int64_t)(mix64(keys[i] ^ (uint64_t)salt) % (uint64_t)row_shards);
+        shards[i] = s;
+        not_stepped |= status[s] == STATUS_NOT_STEPPED;
+        outside |= versions[i] <= bases[s] || versions[i] > tops[s];
+        if (status[s] == STATUS_APPLY)
+            keep[kept++] = i;
+    }
+    result = Py_BuildValue("(ni)", kept, not_stepped ? 1 : outside ? 2 : 0);
+done:
+    release(a, 7);
+    return result;
+}
+
+/* -- newer_rows ---------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(newer_rows_doc,
+             "newer_rows(pairs, positions, slot_version, versions, no_version, current, keep)"
+             " -> kept\n--\n\n"
+             "EmbeddingTable.write's filter: current[i] is the value (slot or ABSENT) at "
+             "index position positions[i]; the rows newer than their key's current row (whose "
+             "version is slot_version[slot], or no_version without a slot) are listed in "
+             "keep[:kept].");
+
+static PyObject *newer_rows(PyObject *self, PyObject *args)
+{
+    PyObject *objs[6];
+    long long no_version;
+    if (!PyArg_ParseTuple(args, "OOOOLOO", &objs[0], &objs[1], &objs[2], &objs[3], &no_version,
+                          &objs[4], &objs[5]))
+        return NULL;
+    Array8 a[6];
+    static const int writable[6] = {0, 0, 0, 0, 1, 1};
+    static const char *names[6] = {"pairs", "positions", "slot_version", "versions", "current",
+                                   "keep"};
+    if (arrays8(objs, a, writable, names, 6) < 0)
+        return NULL;
+    Py_ssize_t n = a[1].n, capacity = a[0].n / 2, slots = a[2].n;
+    PyObject *result = NULL;
+    if (same_length(a + 3, 3, n) < 0)
+        goto done;
+    const int64_t *pairs = I64(a[0]), *positions = I64(a[1]), *slot_version = I64(a[2]);
+    const int64_t *versions = I64(a[3]);
+    int64_t *current = I64(a[4]), *keep = I64(a[5]);
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (positions[i] < 0 || positions[i] >= capacity) {
+            PyErr_SetString(PyExc_IndexError, "newer_rows: position out of range");
+            goto done;
+        }
+        int64_t slot = pairs[2 * positions[i] + 1];
+        if (slot >= slots) {
+            PyErr_SetString(PyExc_IndexError, "newer_rows: slot out of range");
+            goto done;
+        }
+        current[i] = slot;
+        if (versions[i] > (slot >= 0 ? slot_version[slot] : no_version))
+            keep[kept++] = i;
+    }
+    result = PyLong_FromSsize_t(kept);
+done:
+    release(a, 6);
+    return result;
+}
+
+/* -- fill_slots ---------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(fill_slots_doc,
+             "fill_slots(slots, keys, versions, shards, hashes, prev, positions, slot_key, "
+             "slot_version, slot_shard, slot_hash, slot_prev, pairs)\n--\n\n"
+             "EmbeddingTable.write's bookkeeping: slot i's key, version, shard, hash and prev, "
+             "and the index value at positions[i] set to slots[i] (rows are copied apart).");
+
+static PyObject *fill_slots(PyObject *self, PyObject *args)
+{
+    PyObject *objs[13];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOO", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &objs[4], &objs[5], &objs[6], &objs[7], &objs[8], &objs[9], &objs[10],
+                          &objs[11], &objs[12]))
+        return NULL;
+    Array8 a[13];
+    static const int writable[13] = {0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1};
+    static const char *names[13] = {"slots",     "keys",         "versions",   "shards",
+                                    "hashes",    "prev",         "positions",  "slot_key",
+                                    "slot_version", "slot_shard", "slot_hash", "slot_prev",
+                                    "pairs"};
+    if (arrays8(objs, a, writable, names, 13) < 0)
+        return NULL;
+    Py_ssize_t n = a[0].n, capacity = a[7].n, positions_max = a[12].n / 2;
+    PyObject *result = NULL;
+    if (same_length(a, 7, n) < 0 || same_length(a + 7, 5, capacity) < 0)
+        goto done;
+    const int64_t *slots = I64(a[0]), *keys = I64(a[1]), *versions = I64(a[2]);
+    const int64_t *shards = I64(a[3]), *prev = I64(a[5]), *positions = I64(a[6]);
+    const uint64_t *hashes = U64(a[4]);
+    int64_t *slot_key = I64(a[7]), *slot_version = I64(a[8]), *slot_shard = I64(a[9]);
+    int64_t *slot_prev = I64(a[11]), *pairs = I64(a[12]);
+    uint64_t *slot_hash = U64(a[10]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= capacity || positions[i] < 0 ||
+            positions[i] >= positions_max) {
+            PyErr_SetString(PyExc_IndexError, "fill_slots: slot or position out of range");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t s = slots[i];
+        slot_key[s] = keys[i];
+        slot_version[s] = versions[i];
+        slot_shard[s] = shards[i];
+        slot_hash[s] = hashes[i];
+        slot_prev[s] = prev[i];
+        pairs[2 * positions[i] + 1] = s;
+    }
+    result = Py_None;
+done:
+    release(a, 13);
+    Py_XINCREF(result);
+    return result;
+}
+
 /* -- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -415,6 +578,9 @@ static PyMethodDef methods[] = {
     {"find_or_insert", find_or_insert, METH_VARARGS, find_or_insert_doc},
     {"row_hashes", row_hashes, METH_VARARGS, row_hashes_doc},
     {"group_by_shard", group_by_shard, METH_VARARGS, group_by_shard_doc},
+    {"rows_plan", rows_plan, METH_VARARGS, rows_plan_doc},
+    {"newer_rows", newer_rows, METH_VARARGS, newer_rows_doc},
+    {"fill_slots", fill_slots, METH_VARARGS, fill_slots_doc},
     {NULL, NULL, 0, NULL},
 };
 

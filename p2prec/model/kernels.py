@@ -49,6 +49,47 @@ class Kernels(Protocol):
         change: U64,
     ) -> None: ...
 
+    def rows_plan(
+        self,
+        keys: I64,
+        versions: I64,
+        salt: int,
+        row_shards: int,
+        status: I64,
+        bases: I64,
+        tops: I64,
+        shards: I64,
+        keep: I64,
+    ) -> tuple[int, int]: ...
+
+    def newer_rows(
+        self,
+        pairs: I64,
+        positions: I64,
+        slot_version: I64,
+        versions: I64,
+        no_version: int,
+        current: I64,
+        keep: I64,
+    ) -> int: ...
+
+    def fill_slots(
+        self,
+        slots: I64,
+        keys: I64,
+        versions: I64,
+        shards: I64,
+        hashes: U64,
+        prev: I64,
+        positions: I64,
+        slot_key: I64,
+        slot_version: I64,
+        slot_shard: I64,
+        slot_hash: U64,
+        slot_prev: I64,
+        pairs: I64,
+    ) -> None: ...
+
 
 def _load() -> Kernels | None:
     if os.environ.get("P2PREC_NATIVE", "1") == "0":

@@ -52,6 +52,12 @@ class KeyIndex:
         return self._count
 
     @property
+    def pairs(self) -> I64:
+        """The map itself, (capacity, 2) of [key, value] (EMPTY values: free), for the compiled
+        kernels that read and write it; valid until the map grows."""
+        return self._pairs
+
+    @property
     def capacity(self) -> int:
         return int(self._keys.size)
 

@@ -210,16 +210,14 @@ class ParamStore:
             raise InvalidDelta(f"table {name!r}: rows must be floating point")
         if rows.versions.shape != (n,) or rows.rows.shape != (n, table.dim):
             raise InvalidDelta(f"table {name!r}: rows do not match keys or dim {table.dim}")
-        shards = table.shard_of(rows.keys)
-        row_status = status[shards]
-        if (row_status == _NOT_STEPPED).any():
-            raise InvalidDelta(f"table {name!r}: a row lies in a shard the delta does not step")
-        if ((rows.versions <= steps[0, shards]) | (rows.versions > steps[1, shards])).any():
-            raise InvalidDelta(f"table {name!r}: a row version lies outside its shard's step")
-        keep = row_status == _APPLY
+        planning = _plan_rows_native if NATIVE is not None else _plan_rows
+        shards, keep, problem = planning(table, rows, status, steps)
+        if problem:
+            raise InvalidDelta(f"table {name!r}: {problem}")
         keys, versions, values = rows.keys, rows.versions, rows.rows
-        if not keep.all():
-            keys, versions, values, shards = keys[keep], versions[keep], values[keep], shards[keep]
+        if keep is not None:
+            keys, versions, shards = keys[keep], versions[keep], shards[keep]
+            values = np.take(values, keep, axis=0)
         try:
             positions = table.positions(keys)
         except DuplicateKeys as exc:
@@ -529,6 +527,44 @@ class _ByShard:
         offsets[:-1] = self.bounds[shards]
         offsets[-1] = self.bounds[-1]
         return offsets
+
+
+_NOT_STEPPED_ROW = "a row lies in a shard the delta does not step"
+_ROW_OUTSIDE_STEP = "a row version lies outside its shard's step"
+
+
+def _plan_rows(
+    table: EmbeddingTable, rows: TableRows, status: I64, steps: I64
+) -> tuple[I64, I64 | None, str]:
+    """Each row's shard, the rows of shards the delta steps here (None: all of them), and
+    what is wrong with the rows ("" when nothing is)."""
+    shards = table.shard_of(rows.keys)
+    row_status = status[shards]
+    if (row_status == _NOT_STEPPED).any():
+        return shards, None, _NOT_STEPPED_ROW
+    if ((rows.versions <= steps[0, shards]) | (rows.versions > steps[1, shards])).any():
+        return shards, None, _ROW_OUTSIDE_STEP
+    keep = row_status == _APPLY
+    return shards, (None if keep.all() else np.flatnonzero(keep)), ""
+
+
+def _plan_rows_native(
+    table: EmbeddingTable, rows: TableRows, status: I64, steps: I64
+) -> tuple[I64, I64 | None, str]:
+    """``_plan_rows`` in one compiled pass."""
+    assert NATIVE is not None
+    n = len(rows)
+    shards, keep = np.empty((2, n), dtype=np.int64)
+    c = np.ascontiguousarray
+    kept, problem = NATIVE.rows_plan(
+        c(rows.keys), c(rows.versions), int(table.salt), table.row_shards, status, steps[0],
+        steps[1], shards, keep,
+    )  # fmt: skip
+    return (
+        shards,
+        (None if kept == n else keep[:kept]),
+        ("", _NOT_STEPPED_ROW, _ROW_OUTSIDE_STEP)[problem],
+    )
 
 
 def _group(table: EmbeddingTable, written: Written, n_shards: int) -> tuple[I64, I64, U64]:

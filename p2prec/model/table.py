@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from p2prec.core.versions import NO_VERSION
+from p2prec.model.kernels import NATIVE
 from p2prec.model.keyhash import U64, shard_of, table_salt
 from p2prec.model.keyindex import ABSENT, KeyIndex
 from p2prec.model.rowhash import row_hashes
@@ -182,29 +183,58 @@ class EmbeddingTable:
         self, positions: I64, keys: I64, versions: I64, rows: npt.NDArray[np.floating], shards: I64
     ) -> Written:
         """Store the rows whose version is newer than the key's current row."""
+        current, newer = self._current_and_newer(positions, versions)
+        if newer is not None:  # copy only when some rows are stale
+            keys, versions, shards = keys[newer], versions[newer], shards[newer]
+            positions, current = positions[newer], current[newer]
+            rows = np.take(rows, newer, axis=0)
+        slots = self._allocate(keys.size)
+        hashes = self._fill(slots, keys, versions, rows, shards, current, positions)
+        return Written(slots, current, shards, keys, hashes)
+
+    def _current_and_newer(self, positions: I64, versions: I64) -> tuple[I64, I64 | None]:
+        """Each key's current slot (or ABSENT), and which rows are newer than it (None: all)."""
+        if NATIVE is not None:
+            current, newer = np.empty((2, positions.size), dtype=np.int64)
+            kept = NATIVE.newer_rows(
+                self.index.pairs, positions, self.slot_version, versions, NO_VERSION, current, newer
+            )
+            return current, (None if kept == positions.size else newer[:kept])
         current = self.index.values(positions)
         held = current >= 0
         current_version = np.where(held, self.slot_version[np.where(held, current, 0)], NO_VERSION)
-        newer = versions > current_version
-        if not newer.all():  # copy only when some rows are stale
-            keys, versions, rows, shards = keys[newer], versions[newer], rows[newer], shards[newer]
-            positions, current = positions[newer], current[newer]
-        slots = self._allocate(keys.size)
-        hashes = self._fill(slots, keys, versions, rows, shards)
-        self.slot_prev[slots] = current
-        self.index.set_values(positions, slots)
-        return Written(slots, current, shards, keys, hashes)
+        newer_mask = versions > current_version
+        return current, (None if newer_mask.all() else np.flatnonzero(newer_mask))
 
     def _fill(
-        self, slots: I64, keys: I64, versions: I64, rows: npt.NDArray[np.floating], shards: I64
+        self,
+        slots: I64,
+        keys: I64,
+        versions: I64,
+        rows: npt.NDArray[np.floating],
+        shards: I64,
+        prev: I64,
+        positions: I64,
     ) -> U64:
+        """Write rows to ``slots`` with their bookkeeping, and point the keys' index
+        ``positions`` at them; returns the rows' hashes."""
         stored = np.ascontiguousarray(rows, dtype=self.dtype)
         _as_items(self.rows)[slots] = _as_items(stored)
+        hashes = row_hashes(self.salt, keys, versions, stored)
+        if NATIVE is not None:
+            c = np.ascontiguousarray
+            NATIVE.fill_slots(
+                slots, c(keys), c(versions), c(shards), hashes, c(prev), c(positions),
+                self.slot_key, self.slot_version, self.slot_shard, self.slot_hash,
+                self.slot_prev, self.index.pairs,
+            )  # fmt: skip
+            return hashes
         self.slot_key[slots] = keys
         self.slot_version[slots] = versions
         self.slot_shard[slots] = shards
-        hashes = row_hashes(self.salt, keys, versions, stored)
         self.slot_hash[slots] = hashes
+        self.slot_prev[slots] = prev
+        self.index.set_values(positions, slots)
         return hashes
 
     def revert(self, slots: I64) -> None:
@@ -233,8 +263,8 @@ class EmbeddingTable:
         """Insert rows of a cleared shard as they are (snapshot restore); returns new slots."""
         positions = self.index.find_or_insert(keys)
         slots = self._allocate(keys.size)
-        self._fill(slots, keys, versions, rows, np.full(keys.size, shard, dtype=np.int64))
-        self.index.set_values(positions, slots)
+        shards = np.full(keys.size, shard, dtype=np.int64)
+        self._fill(slots, keys, versions, rows, shards, np.full(keys.size, -1), positions)
         return slots
 
 
