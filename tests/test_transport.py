@@ -17,9 +17,11 @@ import numpy as np
 import orjson
 import pytest
 import zmq
+from zmq.utils.garbage import gc as pyzmq_collector
 
 from p2prec.config import load_config
 from p2prec.core.effects import Route
+from p2prec.io import transport
 from p2prec.io.curve import generate_node_keys, load_keypair, load_public_key, public_key_file
 from p2prec.io.transport import (
     SERVING_DRAIN_BUDGET_S,
@@ -219,6 +221,28 @@ def test_relay_forwards_received_frames_untouched(tmp_path: Path) -> None:
 
 
 # --- bounds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lend_from_bytes", [transport.LEND_FROM_BYTES, 1024])
+def test_buffers_are_copied_into_messages_not_lent_to_pyzmqs_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lend_from_bytes: int
+) -> None:
+    """A lent buffer waits in pyzmq's garbage collector (its thread takes the GIL for each)
+    until libzmq is done with it; a message queued for an absent peer keeps it there."""
+    monkeypatch.setattr(transport, "LEND_FROM_BYTES", lend_from_bytes)
+    generate_node_keys(tmp_path, "b")
+
+    async def main() -> None:
+        async with cluster(tmp_path, "a") as (a,):
+            async with cluster(tmp_path, "b") as (b,):
+                gone = b.addr
+            a.t.add_peer(gone, "b")
+            lent_before = len(pyzmq_collector.refs)
+            assert a.t.send(gone, [*msg("x"), np.ones(64 << 10).data])  # 512 KiB, queued
+            lent = len(pyzmq_collector.refs) - lent_before
+            assert lent == (1 if lend_from_bytes < 512 << 10 else 0)
+
+    run(main())
 
 
 def test_full_queue_to_an_absent_peer_drops_and_never_blocks(tmp_path: Path) -> None:
