@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import structlog.testing
 
 from p2prec.config import Config, load_config
 from p2prec.core.effects import Route, Send
@@ -221,11 +222,17 @@ def test_a_checkpoint_is_paced_at_its_build_rate(tmp_path: Path, mib_s: float) -
             return pauses[-1]
 
         trainer._checkpoint_pause_s = recorded  # type: ignore[method-assign]
-        await trainer._checkpoint_in_steps()
-        written = sum(f.stat().st_size for f in trainer.disk.shard_dir.glob("*.snap"))
+        with structlog.testing.capture_logs() as events:
+            await trainer._checkpoint_in_steps()
+        snapshots = list(trainer.disk.shard_dir.glob("*.snap"))
+        written = sum(f.stat().st_size for f in snapshots)
         assert written > 0 and len(pauses) > 1
         expected = written / (mib_s * 2**20) if mib_s else 0.0
         assert sum(pauses) == pytest.approx(expected)
+        started, done = (e for e in events if e["event"].startswith("checkpoint_"))
+        assert started["event"] == "checkpoint_started" and started["shards"] == len(snapshots)
+        assert done["event"] == "checkpoint_written" and done["shards"] == len(snapshots)
+        assert done["mib"] == round(written / 2**20, 1) and done["took_s"] >= sum(pauses) - 0.01
 
     run(tmp_path, body)
 
