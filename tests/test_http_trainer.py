@@ -77,3 +77,38 @@ async def exercise(client: Client, process: TrainerProcess) -> None:
     families = {f.name for f in text_string_to_metric_families(await client.text("/metrics"))}
     assert {"p2prec_trainer_steps", "p2prec_trainer_samples_per_second"} <= families
     assert {"p2prec_http_request_duration_seconds", "p2prec_transport_bytes"} <= families
+
+
+def test_a_pause_answers_once_the_validation_being_hashed_has_published(tmp_path: Path) -> None:
+    """A validation hashes the head over several loop turns and publishes its ``validated``
+    when it ends: /admin/pause answers after that, so the watermark answered is final."""
+    reset_logging()
+
+    async def main() -> None:
+        process = TrainerProcess(tmp_path, trainer__validate_every_steps=0)
+        trainer = await process.start()
+        config = dataclasses.replace(process.config, http=HttpConfig(admin_token=TOKEN))
+        app = make_trainer_app(process.driver, trainer, config)
+        server = await serve_http(process.driver, config.http, lambda: app)
+        assert server is not None
+        store = process.driver.replica.store  # type: ignore[union-attr]
+        try:
+            for _ in range(5):
+                trainer.train_step()
+            trainer.publish(force_dense=True)
+            validations = trainer.counters.validations
+            validating = asyncio.create_task(trainer.validate_stepped())
+            await until(lambda: not trainer._no_validation_hashing.is_set(), "hashing begun")
+            async with aiohttp.ClientSession() as session:
+                status, paused = await Client(server.url, session).send(
+                    "POST", "/admin/pause", token=TOKEN
+                )
+            assert status == 200 and paused["paused"] is True
+            assert validating.done(), "the pause answered while the head was being hashed"
+            assert trainer.counters.validations == validations + 1
+            assert store.watermark == store.vector  # the head as validated, nothing after it
+        finally:
+            await server.stop()
+            await process.close()
+
+    asyncio.run(main())

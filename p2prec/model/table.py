@@ -196,9 +196,11 @@ class EmbeddingTable:
         """Each key's current slot (or ABSENT), and which rows are newer than it (None: all)."""
         if NATIVE is not None:
             current, newer = np.empty((2, positions.size), dtype=np.int64)
+            c = np.ascontiguousarray
             kept = NATIVE.newer_rows(
-                self.index.pairs, positions, self.slot_version, versions, NO_VERSION, current, newer
-            )
+                self.index.pairs, c(positions), self.slot_version, c(versions), NO_VERSION,
+                current, newer,
+            )  # fmt: skip
             return current, (None if kept == positions.size else newer[:kept])
         current = self.index.values(positions)
         held = current >= 0
@@ -264,7 +266,7 @@ class EmbeddingTable:
         positions = self.index.find_or_insert(keys)
         slots = self._allocate(keys.size)
         shards = np.full(keys.size, shard, dtype=np.int64)
-        self._fill(slots, keys, versions, rows, shards, np.full(keys.size, -1), positions)
+        self._fill(slots, keys, versions, rows, shards, np.full(keys.size, -1, np.int64), positions)
         return slots
 
 

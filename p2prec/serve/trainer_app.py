@@ -4,7 +4,8 @@
     GET  /v1/status        epoch, head vector, Merkle root of the head, watermark, samples/s,
                            paused, counters, url, pid
     GET  /metrics          Prometheus exposition
-    POST /admin/pause      stop training and publishing (after publishing what is pending)
+    POST /admin/pause      stop training and publishing (after publishing what is pending,
+                           a validation being hashed included)
     POST /admin/resume     continue
     POST /admin/poison     {"steps": N}: train N batches with flipped labels on popular items
     POST /admin/rollback   roll the head back to the validation watermark in a new epoch
@@ -14,6 +15,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -38,6 +41,8 @@ from p2prec.serve.ticker import ticker
 log = get_logger("p2prec.serve")
 RATE_WINDOW_S = 1.0  # samples/s is measured over this window
 POISON_STEPS_MAX = 1_000_000
+#: How long /admin/pause waits for a validation being hashed to publish before it answers.
+PAUSE_SETTLE_MAX_S = 30.0
 
 
 class TrainerControl(Protocol):
@@ -48,6 +53,7 @@ class TrainerControl(Protocol):
     @property
     def paused(self) -> bool: ...
     def pause(self) -> None: ...
+    async def settled(self) -> None: ...
     def unpause(self) -> None: ...
     def poison(self, steps: int) -> None: ...
     def roll_back(self) -> None: ...
@@ -147,6 +153,11 @@ class TrainerApi:
 
     async def pause(self, _request: web.Request) -> web.Response:
         self.trainer.pause()
+        # A validation being hashed publishes when it ends: answer once it has (bounded), so
+        # that the head and watermark answered stay as they are until a resume.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PAUSE_SETTLE_MAX_S):
+                await self.trainer.settled()
         self.driver.status_soon()  # checkers wait for a status taken after the pause
         return json_response({"paused": True, **self._head()})
 

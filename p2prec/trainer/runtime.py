@@ -101,6 +101,8 @@ class Trainer:
         self._unpaused.set()
         self._validate_in_run = False  # inside run(): validations wait for the step's end
         self._validation_due = False
+        self._no_validation_hashing = asyncio.Event()  # cleared while validate_stepped hashes
+        self._no_validation_hashing.set()
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -120,6 +122,11 @@ class Trainer:
             self.publish(force_dense=True)
             self._unpaused.clear()
             log.info("trainer_paused", steps=self.counters.steps)
+
+    async def settled(self) -> None:
+        """Return once no validation is being hashed: one begun before a ``pause`` publishes
+        its ``validated`` when it ends, so the watermark may still move until then."""
+        await self._no_validation_hashing.wait()
 
     def unpause(self) -> None:
         """Continue after ``pause`` (``resume`` is the restart from a checkpoint)."""
@@ -263,12 +270,15 @@ class Trainer:
         if verdict.outcome is not Outcome.PASS:
             self._not_passed(verdict)
             return verdict
+        self._no_validation_hashing.clear()
         try:
             validated = await self.head.validated_head_stepped(self.clock_ms())
         except StaleHead as exc:
             self.counters.validations_skipped += 1
             log.info("validation_skipped", reason=str(exc))
             return verdict
+        finally:
+            self._no_validation_hashing.set()
         self._validated(validated, verdict)
         return verdict
 
