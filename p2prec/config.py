@@ -413,6 +413,17 @@ class MeshConfig(_Section):
         "checkpoints fall behind it; 0: unlimited.",
         ge=0,
     )
+    checkpoint_turns_dir: str = _key(
+        "",
+        "A directory the members of one host share (p2prec up and the local process meshes "
+        "set one under their root): at most checkpoint_turns of them write a checkpoint at a "
+        "time, each holding an flock on a file there (the kernel drops it if the member dies); "
+        "a due checkpoint waits for a turn. Empty: no turns, each member alone.",
+        empty_ok=True,
+    )
+    checkpoint_turns: int = _key(
+        2, "Members of one checkpoint_turns_dir checkpointing at a time.", ge=1
+    )
     wan_uplink_mbit: float = _key(
         0.0,
         "This host's WAN uplink in Mbit/s: every send to a member of another datacenter "

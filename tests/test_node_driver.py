@@ -27,9 +27,10 @@ from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
 from p2prec.io import node as node_module
 from p2prec.io.curve import generate_node_keys
-from p2prec.io.node import NodeDriver, store_layout
+from p2prec.io.node import CHECKPOINT_TURN_RETRY_S, NodeDriver, store_layout
 from p2prec.io.synthetic import SyntheticStream, run_stream, step_deltas
 from p2prec.io.transport import Envelope
+from p2prec.io.turns import HostTurns
 from p2prec.model.scoring import top_k
 from p2prec.serve.nodeview import missing_model
 from p2prec.sim.lineage import make_delta
@@ -233,6 +234,48 @@ def test_a_checkpoint_is_paced_at_its_build_rate(tmp_path: Path, mib_s: float) -
         assert started["event"] == "checkpoint_started" and started["shards"] == len(snapshots)
         assert done["event"] == "checkpoint_written" and done["shards"] == len(snapshots)
         assert done["mib"] == round(written / 2**20, 1) and done["took_s"] >= sum(pauses) - 0.01
+
+    run(tmp_path, body)
+
+
+def checkpointing(driver: NodeDriver) -> asyncio.Task[None] | None:
+    return driver._checkpointing
+
+
+def test_a_due_checkpoint_waits_for_a_turn_among_the_members_of_its_host(tmp_path: Path) -> None:
+    """With ``mesh.checkpoint_turns_dir``, a due checkpoint starts only with a turn (an flock
+    there, at most ``checkpoint_turns`` at a time), asks again soon without one, and gives
+    the turn back when it ends."""
+    turns_dir = tmp_path / "turns"
+
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer(
+            {
+                "mesh.checkpoint_turns_dir": str(turns_dir),
+                "mesh.checkpoint_turns": 1,
+                "mesh.checkpoint_log_ratio": 0.0,  # due at every interval once it logged
+            }
+        )
+        trainer = mesh.trainer
+        assert trainer is not None
+        mesh.publish_step()
+        other_member = HostTurns(turns_dir, 1)
+        assert other_member.try_take()
+        trainer._next_checkpoint = 0.0
+        trainer._step()
+        assert checkpointing(trainer) is None, "checkpointed without a turn"
+        assert trainer._next_checkpoint == pytest.approx(
+            trainer.now() + CHECKPOINT_TURN_RETRY_S, abs=0.05
+        )
+        other_member.release()
+        trainer._next_checkpoint = 0.0
+        trainer._step()
+        running = checkpointing(trainer)
+        assert running is not None and trainer._turns is not None and trainer._turns.held
+        assert not other_member.try_take()
+        await running
+        await until(other_member.try_take, "the turn given back")
+        assert trainer.counters.checkpoints == 1
 
     run(tmp_path, body)
 

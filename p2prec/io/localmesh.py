@@ -65,6 +65,8 @@ def node_command(
         f"mesh.port={port}",
         "--set",
         f"mesh.seeds={orjson.dumps(list(seeds)).decode()}",
+        "--set",  # members of this machine take turns to checkpoint
+        f"mesh.checkpoint_turns_dir={root / 'checkpoint-turns'}",
         *settings,
     ]
 

@@ -42,6 +42,7 @@ from p2prec.core.replica import Replica, ReplicaConfig
 from p2prec.io.checkpoint import Batch, CheckpointSnapshots
 from p2prec.io.persistence import NodeDisk
 from p2prec.io.transport import Envelope, PeerClass, Transport
+from p2prec.io.turns import HostTurns
 from p2prec.log import get_logger
 from p2prec.model.layout import StoreLayout
 from p2prec.model.snapshot import parts_nbytes
@@ -83,6 +84,7 @@ DIGEST_ATTEMPTS = 3  # stepped validated_head begun again at most this often, th
 # 36 members' first checkpoints fell within ~6 s of each other, a burst that put p99 at
 # 1.7-2.4 s in compare.py's 30 s stream; at +-50%, 0.27-1.3 s (alternated runs).
 CHECKPOINT_JITTER = 0.5
+CHECKPOINT_TURN_RETRY_S = 0.25  # a due checkpoint without a turn asks again after this
 MIB = 1 << 20
 
 
@@ -174,6 +176,12 @@ class NodeDriver:
         self._next_checkpoint = 0.0  # owner-task times (self.now())
         self._jitter = random.Random()
         self._log_ratio_spread = self._spread()  # redrawn at every checkpoint
+        mesh = config.mesh
+        self._turns = (  # shared with the other members of this host, if configured
+            HostTurns(mesh.checkpoint_turns_dir, mesh.checkpoint_turns)
+            if mesh.checkpoint_turns_dir
+            else None
+        )
         self._next_status = 0.0
         self._status_written_at = -math.inf
         self._status_shown = b""  # the state the last status.json showed (_status_state)
@@ -265,6 +273,8 @@ class NodeDriver:
             finally:
                 self._write_applied()
                 self.disk.close()
+                if self._turns is not None:
+                    self._turns.close()
                 await self.transport.close()
 
     def _final_checkpoint(self) -> None:
@@ -430,6 +440,8 @@ class NodeDriver:
         self.disk.drop(covered)
 
     def _checkpoint_done(self, task: asyncio.Task[None]) -> None:
+        if self._turns is not None:
+            self._turns.release()
         self._checkpointing = None
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("checkpoint_failed", exc_info=exc)
@@ -556,7 +568,10 @@ class NodeDriver:
         if self.now() >= self._next_checkpoint:
             self._next_checkpoint = self.now() + self._checkpoint_wait_s()
             if self._checkpoint_due():
-                self._start_checkpoint()
+                if self._turns is None or self._turns.try_take():
+                    self._start_checkpoint()
+                else:  # other members of this host are checkpointing: ask again soon
+                    self._next_checkpoint = self.now() + CHECKPOINT_TURN_RETRY_S
         due = self._replica.next_deadline()
         return min(due if due is not None else math.inf, self._next_checkpoint, self._next_status)
 
