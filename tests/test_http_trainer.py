@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,27 +21,44 @@ from p2prec.config import HttpConfig
 from p2prec.log import reset_logging
 from p2prec.serve.server import serve_http
 from p2prec.serve.trainer_app import make_trainer_app
+from p2prec.trainer.runtime import Trainer
+
+
+@asynccontextmanager
+async def trainer_with_http(tmp_path: Path, **overrides: Any) -> AsyncIterator[TrainerServed]:
+    """A TrainerProcess (``overrides`` of its config) with its HTTP app served, closed after."""
+    process = TrainerProcess(tmp_path, **overrides)
+    trainer = await process.start()
+    config = dataclasses.replace(process.config, http=HttpConfig(admin_token=TOKEN))
+    app = make_trainer_app(process.driver, trainer, config)
+    server = await serve_http(process.driver, config.http, lambda: app)
+    assert server is not None
+    try:
+        yield TrainerServed(process, trainer, server.url)
+    finally:
+        await server.stop()
+        await process.close()
+
+
+@dataclass
+class TrainerServed:
+    process: TrainerProcess
+    trainer: Trainer
+    url: str
 
 
 def test_trainer_status_metrics_and_admin_calls(tmp_path: Path) -> None:
     reset_logging()
 
     async def main() -> None:
-        process = TrainerProcess(tmp_path, trainer__validate_every_steps=10)
-        trainer = await process.start()
-        config = dataclasses.replace(process.config, http=HttpConfig(admin_token=TOKEN))
-        app = make_trainer_app(process.driver, trainer, config)
-        server = await serve_http(process.driver, config.http, lambda: app)
-        assert server is not None
-        running = asyncio.create_task(trainer.run())
-        try:
-            async with aiohttp.ClientSession() as session:
-                await exercise(Client(server.url, session), process)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await server.stop()
-            await process.close()
+        async with trainer_with_http(tmp_path, trainer__validate_every_steps=10) as served:
+            running = asyncio.create_task(served.trainer.run())
+            try:
+                async with aiohttp.ClientSession() as session:
+                    await exercise(Client(served.url, session), served.process)
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -85,14 +106,9 @@ def test_a_pause_answers_once_the_validation_being_hashed_has_published(tmp_path
     reset_logging()
 
     async def main() -> None:
-        process = TrainerProcess(tmp_path, trainer__validate_every_steps=0)
-        trainer = await process.start()
-        config = dataclasses.replace(process.config, http=HttpConfig(admin_token=TOKEN))
-        app = make_trainer_app(process.driver, trainer, config)
-        server = await serve_http(process.driver, config.http, lambda: app)
-        assert server is not None
-        store = process.driver.replica.store  # type: ignore[union-attr]
-        try:
+        async with trainer_with_http(tmp_path, trainer__validate_every_steps=0) as served:
+            trainer = served.trainer
+            store = served.process.driver.replica.store  # type: ignore[union-attr]
             for _ in range(5):
                 trainer.train_step()
             trainer.publish(force_dense=True)
@@ -100,15 +116,12 @@ def test_a_pause_answers_once_the_validation_being_hashed_has_published(tmp_path
             validating = asyncio.create_task(trainer.validate_stepped())
             await until(lambda: not trainer._no_validation_hashing.is_set(), "hashing begun")
             async with aiohttp.ClientSession() as session:
-                status, paused = await Client(server.url, session).send(
+                status, paused = await Client(served.url, session).send(
                     "POST", "/admin/pause", token=TOKEN
                 )
             assert status == 200 and paused["paused"] is True
             assert validating.done(), "the pause answered while the head was being hashed"
             assert trainer.counters.validations == validations + 1
             assert store.watermark == store.vector  # the head as validated, nothing after it
-        finally:
-            await server.stop()
-            await process.close()
 
     asyncio.run(main())
