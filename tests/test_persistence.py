@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from p2prec.core.versions import VersionVector
 from p2prec.io.checkpoint import CheckpointSnapshots
 from p2prec.io.persistence import NodeDisk
@@ -182,3 +184,65 @@ def test_replay_returns_frames_of_every_size_as_appended(tmp_path: Path) -> None
         disk.append([memoryview(f) for f in frames])
     disk.close()
     assert [list(map(bytes, r)) for r in NodeDisk(tmp_path).replay()] == messages
+
+
+def scanned(steps: CheckpointSnapshots) -> None:
+    """Take the steps of the checkpoint's index scan (``build_rows`` builds nothing until
+    the scan is complete), each confirmed as the node does."""
+    while steps.confirm(steps.build_rows()) == [] and steps._scan is None:
+        pass
+
+
+def test_rows_built_off_the_loop_are_kept_only_while_their_slots_held_them(
+    tmp_path: Path,
+) -> None:
+    """``build_rows`` runs in a worker thread while the loop applies deltas: a validation that
+    freed the rows of built snapshots before ``confirm`` voids them (the shard goes back, a
+    new scan reads it as of a later version); a crash after the checkpoint recovers."""
+    signer = Signer.generate()
+    lineage = generate(LAYOUT, seed=5, steps=30)
+    live = ParamStore(LAYOUT)
+    disk = NodeDisk(tmp_path, fsync=False)
+    for delta in lineage.deltas[:10]:
+        live.apply(delta)
+        disk.append(encode(delta, signer))
+    covered = disk.rotate()
+    steps = CheckpointSnapshots(live, range(LAYOUT.n_shards), step_bytes=1)
+    for shard, parts in steps.take_dense():
+        disk.write_shard(shard, parts)
+    scanned(steps)
+    built = steps.build_rows()  # "in the thread": one shard (step_bytes=1)
+    assert len(built) == 1
+    for delta in lineage.deltas[10:15]:  # meanwhile the loop applies and validates
+        live.apply(delta)
+        disk.append(encode(delta, signer))
+    live.validate(live.vector)  # frees rows the scan points at: undo released past it
+    assert steps.confirm(built) == [] and steps.scans == 2
+    assert built[0][0] in steps.pending  # to be built again, from the new scan
+    while not steps.done:
+        for shard, parts in steps.next_batch():
+            disk.write_shard(shard, parts)
+    disk.drop(covered)
+    disk.flush()
+    restarted = ParamStore(LAYOUT)
+    again = NodeDisk(tmp_path, fsync=False)
+    again.load_snapshots(restarted)
+    replay_into(again, restarted, signer)
+    assert restarted.root == live.root and restarted.vector == live.vector
+
+
+def test_an_index_grown_under_the_last_scan_step_voids_the_scan() -> None:
+    """A slice read off the loop while the index grew may miss keys: ``confirm`` scans
+    again (and builds nothing from the scan it cannot trust)."""
+    lineage = generate(LAYOUT, seed=6, steps=10, key_space=40)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas[:5]:
+        store.apply(delta)
+    steps = CheckpointSnapshots(store, range(LAYOUT.row_shards), step_bytes=1)
+    while steps.build_rows() == [] and steps._scan is None:  # up to the step completing it
+        steps.confirm([])
+    index = store.tables[LAYOUT.tables[0]].index
+    growths = index.growths
+    index.find_or_insert(np.arange(10**6, 10**6 + 4 * index.capacity, dtype=np.int64))
+    assert index.growths > growths
+    assert steps.confirm([]) == [] and steps.scans == 2 and steps._scan is None

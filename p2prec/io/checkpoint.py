@@ -34,6 +34,7 @@ class CheckpointSnapshots:
         self.pending = [s for s in shards if s != dense]
         self._scan: ShardScan | None = None
         self._job: ScanJob | None = None
+        self._voided = False  # a scan step met a change it cannot follow: scan again
         self.scans = 0  # scans begun
         if self.pending:
             self._rescan()
@@ -44,32 +45,66 @@ class CheckpointSnapshots:
 
     def next_batch(self) -> Batch:
         """The next snapshots, about ``step_bytes`` of them (none while a step of the scan
-        took the turn). Their parts are views of fresh arrays or bytes: a worker thread may
-        write them meanwhile."""
-        # The dense shard's parts view the live tensors: joined (snapshot_shards), a copy.
+        took the turn), all built here: ``take_dense``, ``build_rows`` and ``confirm``. Their
+        parts are views of fresh arrays or bytes: a worker thread may write them meanwhile."""
+        return self.take_dense() + self.confirm(self.build_rows())
+
+    def take_dense(self) -> Batch:
+        """The dense shard's snapshot while it is still to write (on the event loop: its
+        parts view the live tensors, joined here into a copy)."""
         batch: Batch = [(s, [data]) for s, data in snapshot_shards(self.store, self._dense)]
         self._dense = []
+        return batch
+
+    def build_rows(self) -> Batch:
+        """A step of the index scan (nothing built), or the snapshots of about ``step_bytes``
+        of row shards. May run in a worker thread while the event loop applies deltas (the
+        node does so: a loaded node's loop spent ~5-19 ms per batch building them): it reads
+        the index and the slots the scan found, which a write never changes (new rows go to
+        fresh slots) and which are freed only by releasing undo past the scan's versions, a
+        rollback or a restored shard. ``confirm``, on the loop, then finds out."""
         if self._scan is None:
             self._scan_step()
-            return batch
-        nbytes = sum(parts_nbytes(parts) for _, parts in batch)
+            return []
+        batch: Batch = []
+        nbytes = 0
         while self.pending and nbytes < self.step_bytes:
             shard = self.pending[0]
             if not self._scan.readable(self.store, shard):
-                self._rescan()
-                return batch
+                break  # confirm begins a new scan
             self.pending.pop(0)
             parts = scanned_snapshot_parts(self.store, self._scan, shard)
             batch.append((shard, parts))
             nbytes += parts_nbytes(parts)
         return batch
 
+    def confirm(self, built: Batch) -> Batch:
+        """On the event loop, after ``build_rows``: the snapshots whose rows were still in
+        their slots once built. The others go back to ``pending`` and a new scan begins (its
+        snapshots hold more, never less), as when an index grew under the scan (a slice
+        read meanwhile may have missed keys) or the next shard is no longer readable."""
+        if self._job is None:
+            return built  # no row shard to write
+        if self._voided or self._scan is None:
+            if self._voided or self._job.grown():
+                self._voided = False
+                self._rescan()
+            return built  # a step of the scan: nothing built
+        scan, grown = self._scan, self._job.grown()
+        kept = [(s, p) for s, p in built if not grown and scan.readable(self.store, s)]
+        lost = [s for s, _ in built if grown or not scan.readable(self.store, s)]
+        stale = bool(self.pending) and not scan.readable(self.store, self.pending[0])
+        if lost or stale or grown:
+            self.pending = lost + self.pending
+            self._rescan()
+        return kept
+
     def _scan_step(self) -> None:
         assert self._job is not None
         try:
             self._scan = self._job.step()
         except ScanVoided:
-            self._rescan()
+            self._voided = True  # confirm, on the loop, begins a new scan
 
     def _rescan(self) -> None:
         self._job, self._scan = ScanJob(self.store, self.pending), None

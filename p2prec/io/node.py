@@ -352,11 +352,11 @@ class NodeDriver:
 
     async def _checkpoint_in_steps(self) -> None:
         """A checkpoint that keeps the loop responsive: start a new log segment, then write the
-        changed shards a few at a time (snapshots built on the loop, written in a worker
-        thread, paced at ``mesh.checkpoint_build_mib_s``), and drop the old segments only once
-        every shard changed before them is on disk. Snapshots taken later than the rotation hold
-        more, never less; replaying the newer segment over them is idempotent (rows keep the
-        newest version)."""
+        changed shards a few at a time (row snapshots built and written in worker threads,
+        checked on the loop in between, paced at ``mesh.checkpoint_build_mib_s``), and drop
+        the old segments only once every shard changed before them is on disk. Snapshots taken
+        later than the rotation hold more, never less; replaying the newer segment over them is
+        idempotent (rows keep the newest version)."""
         changed, baseline = self._changed_shards()
         covered = self.disk.rotate()
         snapshots = CheckpointSnapshots(self._replica.store, changed)
@@ -365,7 +365,9 @@ class NodeDriver:
         while not snapshots.done:
             if self._closed:
                 return  # close() checkpoints everything against the old baseline
-            batch = snapshots.next_batch()
+            # Row snapshots built in a worker thread: ``CheckpointSnapshots.build_rows``.
+            batch = snapshots.take_dense()
+            batch += snapshots.confirm(await asyncio.to_thread(snapshots.build_rows))
             if batch:
                 await asyncio.to_thread(self._write_shards, batch)
             written_bytes += sum(parts_nbytes(parts) for _, parts in batch)

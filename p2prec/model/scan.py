@@ -113,11 +113,15 @@ class ScanJob:
             self._table, self._position = self._table + 1, 0
         return None
 
+    def grown(self) -> bool:
+        """True when an index grew since the job began (its positions moved)."""
+        return any(self.store.tables[n].index.growths != g for n, g in self._growths.items())
+
     def _check(self) -> None:
         store = self.store
         if store.rewrites != self._rewrites:
             raise ScanVoided("a rollback or restored shard rewrote the store")
-        if any(store.tables[n].index.growths != g for n, g in self._growths.items()):
+        if self.grown():
             raise ScanVoided("an index grew: its positions moved")
         if not store.readable_as_of(self.shards, self.at):
             raise ScanVoided("undo released past the scan's versions")
