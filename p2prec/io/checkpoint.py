@@ -91,8 +91,9 @@ class CheckpointSnapshots:
                 self._rescan()
             return built  # a step of the scan: nothing built
         scan, grown = self._scan, self._job.grown()
-        kept = [(s, p) for s, p in built if not grown and scan.readable(self.store, s)]
-        lost = [s for s, _ in built if grown or not scan.readable(self.store, s)]
+        intact = {s: not grown and scan.readable(self.store, s) for s, _ in built}
+        kept = [(s, p) for s, p in built if intact[s]]
+        lost = [s for s, _ in built if not intact[s]]
         stale = bool(self.pending) and not scan.readable(self.store, self.pending[0])
         if lost or stale or grown:
             self.pending = lost + self.pending
