@@ -379,7 +379,9 @@ class NodeDriver:
         self.counters.checkpoints += 1
         took_s = round(time.monotonic() - started, 3)
         mib = round(written_bytes / MIB, 1)
-        log.info("checkpoint_written", shards=len(changed), mib=mib, took_s=took_s)
+        log.info(
+            "checkpoint_written", shards=len(changed), mib=mib, took_s=took_s, scans=snapshots.scans
+        )
 
     def _checkpoint_pause_s(self, batch: Batch) -> float:
         """The pause after a batch of snapshots: its bytes at ``checkpoint_build_mib_s``."""
