@@ -253,9 +253,11 @@ def _add_operations_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
 def _cmd_node(args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM; the only asyncio.run() of the program."""
     config = _load(args)
+    from p2prec.io.heap import keep_freed_heap
     from p2prec.log import configure_logging
 
     configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    keep_freed_heap(config.node.heap_keep_mib)
     if args.synthetic_rate and config.node.role != "trainer":
         raise CliError("--synthetic-rate: only the trainer (node.role = 'trainer') publishes")
     try:
@@ -355,10 +357,12 @@ def _cmd_trainer(args: argparse.Namespace) -> int:
             f"node.id: the trainer's id must be mesh.publisher_id "
             f"({config.mesh.publisher_id!r}), got {config.node.id!r}"
         )
+    from p2prec.io.heap import keep_freed_heap
     from p2prec.log import configure_logging
     from p2prec.trainer.checkpoint import CheckpointError
 
     configure_logging(config.log.format, config.log.level, config.node.id, config.node.dc)
+    keep_freed_heap(config.node.heap_keep_mib)
     try:
         asyncio.run(_serve_trainer(config, args))
     except (OSError, ValueError, CheckpointError) as exc:

@@ -38,20 +38,24 @@ def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
         "--set",
         "log.format=json",
         "--set",
+        "log.level=debug",
+        "--set",
         f"node.data_dir={tmp_path / 'state'}",
     ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + 30
-        started = False
-        while not started and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            started = '"node_started"' in line
-            assert line or proc.poll() is None, "the node exited early"
-        assert started
+        lines: list[str] = []
+        while not lines or '"node_started"' not in lines[-1]:
+            assert time.monotonic() < deadline, "no node_started"
+            lines.append(proc.stderr.readline())
+            assert lines[-1] or proc.poll() is None, "the node exited early"
+        heap = [line for line in lines if '"heap_kept"' in line]
+        assert heap and '"applied":true' in heap[0], heap  # freed memory kept (io/heap.py)
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        proc.communicate(timeout=30)  # drains the debug lines while it stops
+        assert proc.returncode == 0
         assert (tmp_path / "state" / "shards").is_dir()  # checkpointed on the way out
     finally:
         if proc.poll() is None:
