@@ -1,7 +1,7 @@
 """Publish -> applied-on-every-node latency with one OS process per mesh member.
 
     python bench/mesh_procs_bench.py [--dcs 3] [--per-dc 4] [--rate 50] [--rows 1000] [--steps 500]
-                                     [--window-s 6]
+                                     [--window-s 6] [--set KEY=VALUE ...]
 
 Starts ``p2prec node`` processes on 127.0.0.1 (CURVE on, local preset, one shard group so a
 step is one delta, one table of dim 64): the nodes first, then the trainer with a synthetic
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import orjson
 
 from p2prec.io.localmesh import free_ports, key_settings, node_command, read_status
 from p2prec.io.synthetic import SyntheticStream
+from p2prec.model.spare import PREPARE_AT
 
 
 def node_cmd(
@@ -43,6 +45,7 @@ def node_cmd(
     dim: int = 64,
     row_shards: int = 64,
     dtype: str = "float32",
+    extra: Sequence[str] = (),
 ) -> list[str]:
     tuning = [
         "--set",
@@ -59,6 +62,7 @@ def node_cmd(
         f"store.dim={dim}",
         "--set",
         "log.level=warning",
+        *(arg for setting in extra for arg in ("--set", setting)),
     ]
     return node_command(tmp, node_id, dc, port=port, seeds=[seed], role=role, settings=tuning)
 
@@ -103,6 +107,13 @@ def main() -> None:
         default=0.0,
         help="also print p50/p99 per window of this many seconds of the stream (0: not): "
         "whether the tail comes from the stream's start or keeps growing with the stores",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config setting for every member, after the benchmark's own (repeatable)",
     )
     parser.add_argument(
         "--validate-every",
@@ -153,6 +164,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
                         rows,
                         row_shards=args.row_shards,
                         dtype=args.dtype,
+                        extra=args.set,
                     ),
                     stderr=subprocess.DEVNULL,
                 )
@@ -169,6 +181,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             role="trainer",
             row_shards=args.row_shards,
             dtype=args.dtype,
+            extra=args.set,
         )
         trainer += [
             "--synthetic-rate",
@@ -230,7 +243,9 @@ def initial_rows(args: argparse.Namespace) -> int:
     rows: int = args.rows
     tail: int = rows * max(int(args.validate_every), 1) * 2
     expected = key_space * (1 - math.exp(-steps * rows / key_space))
-    return int(expected * 1.1) + tail
+    # Above the share at which a table prepares its next, doubled array (model/spare.py):
+    # preparing one is part of a growth, which this benchmark leaves out.
+    return int((int(expected * 1.1) + tail) / PREPARE_AT) + 1
 
 
 def _stream_done(tmp: Path, steps: int) -> bool:
