@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from p2prec.cli import main
+from p2prec.io.heap import glibc_mallopt
 
 
 def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -52,7 +53,8 @@ def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
             lines.append(proc.stderr.readline())
             assert lines[-1] or proc.poll() is None, "the node exited early"
         heap = [line for line in lines if '"heap_kept"' in line]
-        assert heap and '"applied":true' in heap[0], heap  # freed memory kept (io/heap.py)
+        if glibc_mallopt() is not None:  # freed memory kept for reuse (io/heap.py)
+            assert heap and '"applied":true' in heap[0], heap
         os.kill(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=30)  # drains the debug lines while it stops
         assert proc.returncode == 0

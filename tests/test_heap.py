@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import subprocess
 import sys
 
 import pytest
 
-from p2prec.io.heap import keep_freed_heap
+from p2prec.io.heap import glibc_mallopt, keep_freed_heap
 
 # Rounds of eight 4 MiB arrays allocated, written and freed, as a checkpoint's snapshot
 # batches or a burst of received messages are; prints the minor faults of the later rounds.
@@ -27,10 +26,7 @@ churn(5)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-glibc_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
-    reason="mallopt is glibc's (Linux)",
-)
+glibc_only = pytest.mark.skipif(glibc_mallopt() is None, reason="mallopt is glibc's")
 
 
 def churn_faults(keep_mib: int) -> tuple[bool, int]:

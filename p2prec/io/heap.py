@@ -39,7 +39,7 @@ def keep_freed_heap(keep_mib: int) -> bool:
     behaviour). Returns whether malloc took the settings (False: not glibc, or 0)."""
     if keep_mib < 0:
         raise ValueError(f"keep_mib must be at least 0, got {keep_mib}")
-    mallopt = _glibc_mallopt()
+    mallopt = glibc_mallopt()
     if keep_mib == 0 or mallopt is None:
         log.debug("heap_defaults_kept", keep_mib=keep_mib, glibc=mallopt is not None)
         return False
@@ -50,7 +50,8 @@ def keep_freed_heap(keep_mib: int) -> bool:
     return applied
 
 
-def _glibc_mallopt() -> Callable[[int, int], int] | None:
+def glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt`` (None: another C library, which may lack it or ignore it)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
