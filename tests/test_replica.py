@@ -1005,6 +1005,43 @@ def test_a_rollback_under_a_stepped_validated_head_makes_it_stale() -> None:
     assert fresh.vector == vec(line.states[4].vector) and fresh.epoch == 2
 
 
+def test_digests_built_off_the_loop_are_kept_only_while_their_rows_held() -> None:
+    """``build`` runs in a worker thread while the loop publishes: undo released past the
+    job's versions before ``confirm`` (rows it hashed may be freed and written over) makes the
+    job stale; without it, digests built between publications are the head's as it began."""
+    line = lineage(12, seed=6)
+    publisher = _head_after(line.deltas[:6])
+    job = publisher.begin_validated_head(7)
+    while (built := job.build(1)) is None:  # the index scan, a step at a time
+        assert job.confirm(built) is None
+    for delta in line.deltas[6:9]:  # published while the first digest was being built
+        publisher.publish(delta)
+    assert job.confirm(built) is None  # kept: the rows it read are undo, not freed
+    while (done := job.confirm(job.build(1))) is None:
+        pass
+    assert done.shard_digests == _head_after(line.deltas[:6]).validated_head(7).shard_digests
+    publisher = _head_after(line.deltas[:9])  # a new cache: every shard to hash
+    job = publisher.begin_validated_head(8)
+    while (built := job.build(LAYOUT.n_shards)) is None:
+        assert job.confirm(built) is None
+    assert len(built) == LAYOUT.row_shards  # all of them, in one step
+    for delta in line.deltas[9:]:
+        publisher.publish(delta)
+    publisher.store.validate(publisher.store.vector)  # frees the undo the job reads
+    with pytest.raises(StaleHead, match="moved under the digests"):
+        job.confirm(built)
+
+
+def test_an_index_grown_under_a_scan_step_built_off_the_loop_makes_the_job_stale() -> None:
+    publisher = _head_after(lineage(6, seed=7).deltas)
+    job = publisher.begin_validated_head()
+    assert job.build(LAYOUT.n_shards) is None  # a scan step "in the thread"
+    index = publisher.store.tables[LAYOUT.tables[0]].index
+    index.find_or_insert(np.arange(10**6, 10**6 + 4 * index.capacity, dtype=np.int64))
+    with pytest.raises(StaleHead, match="an index grew"):
+        job.confirm(None)
+
+
 def test_a_validation_releases_undo_a_slice_per_tick() -> None:
     """A Validated frees ``release_step_records`` undo records at once and the rest one slice
     per ``release_interval_s`` (``next_deadline`` says when, while some is left), so that a

@@ -35,7 +35,14 @@ class HeadDigestJob:
     a few shards per ``step``: the publisher's loop goes on publishing in between (a whole
     store hashed at once stalled it ~170 ms at 500k rows). Reads the rows through one index
     scan taken at the start; a step raises ``StaleHead`` when a rollback, a restored shard or a
-    released undo has freed rows the scan points at."""
+    released undo has freed rows the scan points at.
+
+    A step is ``build`` then ``confirm``. ``build`` (a step of the scan, or the digests of a
+    few shards) may run in a worker thread while the loop publishes: it reads the index and
+    the slots the scan found, which a write never changes (new rows go to fresh slots) and
+    which are freed only by a rollback, a restored shard or undo released past the scan's
+    versions. ``confirm``, on the loop, finds out (undo floors and rewrites only rise: readable
+    then means readable throughout) and keeps the digests, or raises ``StaleHead``."""
 
     def __init__(self, publisher: Publisher, cache: StrongDigests, created_ms: int) -> None:
         store = publisher.store
@@ -54,25 +61,47 @@ class HeadDigestJob:
         self.pending = [s for s in stale if s != dense]
         self.scan: ShardScan | None = None
         self.scan_job = ScanJob(store, self.pending, self.vector.packed) if self.pending else None
+        self._voided: ScanVoided | None = None  # met by a scan step in ``build``
 
     def step(self, max_shards: int) -> Validated | None:
         """Take a step of the index scan, or hash up to ``max_shards`` more shards; the
         ``Validated`` once every shard is done."""
-        store = self.publisher.store
+        return self.confirm(self.build(max_shards))
+
+    def build(self, max_shards: int) -> dict[int, bytes] | None:
+        """A step of the index scan (None), or the digests of up to ``max_shards`` more
+        shards, not yet kept (see the class docstring: safe in a worker thread)."""
         if self.scan_job is not None and self.scan is None:
             try:
                 self.scan = self.scan_job.step()
             except ScanVoided as exc:
-                raise StaleHead(f"the head moved under the scan: {exc}") from exc
+                self._voided = exc
             return None
-        chunk, self.pending = self.pending[:max_shards], self.pending[max_shards:]
-        if chunk:
+        chunk = self.pending[:max_shards]
+        if not chunk:
+            return {}
+        assert self.scan is not None
+        return dict(scanned_strong_digests(self.publisher.store, self.scan, chunk))
+
+    def confirm(self, built: dict[int, bytes] | None) -> Validated | None:
+        """On the loop, after ``build``: keep its digests if their rows were still in their
+        slots, else raise ``StaleHead``; the ``Validated`` once every shard is done."""
+        store = self.publisher.store
+        if built is None:  # a step of the scan: an index grown meanwhile moved its positions
+            assert self.scan_job is not None
+            if self._voided is None and self.scan_job.grown():
+                self._voided = ScanVoided("an index grew: its positions moved")
+            if self._voided is not None:
+                raise StaleHead(f"the head moved under the scan: {self._voided}")
+            return None
+        if built:
             assert self.scan is not None
             if self.publisher.fencing.epoch != self.epoch or not all(
-                self.scan.readable(store, s) for s in chunk
+                self.scan.readable(store, s) for s in built
             ):
-                raise StaleHead(f"the head moved under the digests of shards {chunk}")
-            self.done.update(scanned_strong_digests(store, self.scan, chunk))
+                raise StaleHead(f"the head moved under the digests of shards {sorted(built)}")
+            self.done.update(built)
+            self.pending = [s for s in self.pending if s not in built]
         if self.pending:
             return None
         for shard, strong in self.done.items():

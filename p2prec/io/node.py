@@ -676,18 +676,23 @@ class NodeDriver:
     # -- publishing (the trainer) ---------------------------------------------------------------
 
     async def validated_head(self, created_ms: int, attempts: int = DIGEST_ATTEMPTS) -> Validated:
-        """``Publisher.validated_head`` a few shards per loop turn, DIGEST_STEP_PAUSE_S apart,
-        so that the loop goes on publishing, receiving and answering while the store is
-        hashed. When the head moves under it (a rollback): begun again at the new head, up to
-        ``attempts`` times, then done at once; with ``attempts=1`` it raises ``StaleHead``
-        instead (a validator that judged the old head must not validate the new one)."""
+        """``Publisher.validated_head`` a few shards per step, DIGEST_STEP_PAUSE_S apart, each
+        built in a worker thread, so that the loop goes on publishing, receiving and answering
+        while the store is hashed. When the head moves under it (a rollback): begun again at
+        the new head, up to ``attempts`` times, then done at once; with ``attempts=1`` it
+        raises ``StaleHead`` instead (a validator that judged the old head must not validate
+        the new one)."""
         publisher = self._replica
         if not isinstance(publisher, Publisher):
             raise RuntimeError("only the trainer validates its head")
         for attempt in range(1, attempts + 1):
             job = publisher.begin_validated_head(created_ms)
             try:
-                while (validated := job.step(DIGEST_STEP_SHARDS)) is None:
+                # Each step built in a worker thread (the scan's slices, the gathers and the
+                # hashing), confirmed on the loop: ``HeadDigestJob``.
+                while (
+                    validated := job.confirm(await asyncio.to_thread(job.build, DIGEST_STEP_SHARDS))
+                ) is None:
                     await asyncio.sleep(DIGEST_STEP_PAUSE_S)
                 return validated
             except StaleHead as exc:
