@@ -246,3 +246,16 @@ def test_an_index_grown_under_the_last_scan_step_voids_the_scan() -> None:
     index.find_or_insert(np.arange(10**6, 10**6 + 4 * index.capacity, dtype=np.int64))
     assert index.growths > growths
     assert steps.confirm([]) == [] and steps.scans == 2 and steps._scan is None
+
+
+def test_an_index_grown_under_an_earlier_scan_step_voids_the_scan() -> None:
+    """The same for a step that leaves the scan incomplete (one table of two read)."""
+    lineage = generate(LAYOUT, seed=6, steps=10, key_space=40)
+    store = ParamStore(LAYOUT)
+    for delta in lineage.deltas[:5]:
+        store.apply(delta)
+    steps = CheckpointSnapshots(store, range(LAYOUT.row_shards), step_bytes=1)
+    assert steps.build_rows() == [] and steps._scan is None  # the first table's slice
+    index = store.tables[LAYOUT.tables[0]].index
+    index.find_or_insert(np.arange(10**6, 10**6 + 4 * index.capacity, dtype=np.int64))
+    assert steps.confirm([]) == [] and steps.scans == 2 and steps._scan is None

@@ -61,7 +61,6 @@ class HeadDigestJob:
         self.pending = [s for s in stale if s != dense]
         self.scan: ShardScan | None = None
         self.scan_job = ScanJob(store, self.pending, self.vector.packed) if self.pending else None
-        self._voided: ScanVoided | None = None  # met by a scan step in ``build``
 
     def step(self, max_shards: int) -> Validated | None:
         """Take a step of the index scan, or hash up to ``max_shards`` more shards; the
@@ -72,10 +71,7 @@ class HeadDigestJob:
         """A step of the index scan (None), or the digests of up to ``max_shards`` more
         shards, not yet kept (see the class docstring: safe in a worker thread)."""
         if self.scan_job is not None and self.scan is None:
-            try:
-                self.scan = self.scan_job.step()
-            except ScanVoided as exc:
-                self._voided = exc
+            self.scan = self.scan_job.step_off_loop()
             return None
         chunk = self.pending[:max_shards]
         if not chunk:
@@ -87,12 +83,12 @@ class HeadDigestJob:
         """On the loop, after ``build``: keep its digests if their rows were still in their
         slots, else raise ``StaleHead``; the ``Validated`` once every shard is done."""
         store = self.publisher.store
-        if built is None:  # a step of the scan: an index grown meanwhile moved its positions
+        if built is None:  # a step of the scan
             assert self.scan_job is not None
-            if self._voided is None and self.scan_job.grown():
-                self._voided = ScanVoided("an index grew: its positions moved")
-            if self._voided is not None:
-                raise StaleHead(f"the head moved under the scan: {self._voided}")
+            try:
+                self.scan_job.confirm_step()
+            except ScanVoided as exc:
+                raise StaleHead(f"the head moved under the scan: {exc}") from exc
             return None
         if built:
             assert self.scan is not None

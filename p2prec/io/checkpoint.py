@@ -34,7 +34,6 @@ class CheckpointSnapshots:
         self.pending = [s for s in shards if s != dense]
         self._scan: ShardScan | None = None
         self._job: ScanJob | None = None
-        self._voided = False  # a scan step met a change it cannot follow: scan again
         self.scans = 0  # scans begun
         if self.pending:
             self._rescan()
@@ -64,7 +63,8 @@ class CheckpointSnapshots:
         fresh slots) and which are freed only by releasing undo past the scan's versions, a
         rollback or a restored shard. ``confirm``, on the loop, then finds out."""
         if self._scan is None:
-            self._scan_step()
+            assert self._job is not None
+            self._scan = self._job.step_off_loop()
             return []
         batch: Batch = []
         nbytes = 0
@@ -85,11 +85,12 @@ class CheckpointSnapshots:
         read meanwhile may have missed keys) or the next shard is no longer readable."""
         if self._job is None:
             return built  # no row shard to write
-        if self._voided or self._scan is None:
-            if self._voided or self._job.grown():
-                self._voided = False
+        if self._scan is None:  # a step of the scan: nothing built
+            try:
+                self._job.confirm_step()
+            except ScanVoided:
                 self._rescan()
-            return built  # a step of the scan: nothing built
+            return built
         scan, grown = self._scan, self._job.grown()
         intact = {s: not grown and scan.readable(self.store, s) for s, _ in built}
         kept = [(s, p) for s, p in built if intact[s]]
@@ -99,13 +100,6 @@ class CheckpointSnapshots:
             self.pending = lost + self.pending
             self._rescan()
         return kept
-
-    def _scan_step(self) -> None:
-        assert self._job is not None
-        try:
-            self._scan = self._job.step()
-        except ScanVoided:
-            self._voided = True  # confirm, on the loop, begins a new scan
 
     def _rescan(self) -> None:
         self._job, self._scan = ScanJob(self.store, self.pending), None

@@ -88,6 +88,7 @@ class ScanJob:
         self._tables = {name: TableScan() for name in self._names}
         self._table = 0
         self._position = 0
+        self._voided: ScanVoided | None = None  # met by ``step_off_loop``
         self._check()
 
     def run(self) -> ShardScan:
@@ -116,6 +117,24 @@ class ScanJob:
     def grown(self) -> bool:
         """True when an index grew since the job began (its positions moved)."""
         return any(self.store.tables[n].index.growths != g for n, g in self._growths.items())
+
+    def step_off_loop(self) -> ShardScan | None:
+        """``step`` for a worker thread while the owner changes the store: a ``ScanVoided``
+        is kept for ``confirm_step``, which the owner calls afterwards."""
+        try:
+            return self.step()
+        except ScanVoided as exc:
+            self._voided = exc
+            return None
+
+    def confirm_step(self) -> None:
+        """On the owner's side, after ``step_off_loop``: raise ``ScanVoided`` if that step met
+        a change it cannot follow, or an index grew meanwhile (a slice read during the growth
+        may have missed keys)."""
+        if self._voided is None and self.grown():
+            self._voided = ScanVoided("an index grew: its positions moved")
+        if self._voided is not None:
+            raise self._voided
 
     def _check(self) -> None:
         store = self.store
