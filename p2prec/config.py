@@ -433,6 +433,12 @@ class MeshConfig(_Section):
     checkpoint_turns: int = _key(
         2, "Members of one checkpoint_turns_dir checkpointing at a time.", ge=1
     )
+    checkpoint_sched_idle: bool = _key(
+        True,
+        "Build and write checkpoints on a thread under Linux's SCHED_IDLE (as RocksDB lowers "
+        "its compaction threads), below replication: on a busy host a delta's path preempts "
+        "them and a checkpoint takes longer. false: the replication threads' priority.",
+    )
     wan_uplink_mbit: float = _key(
         0.0,
         "This host's WAN uplink in Mbit/s: every send to a member of another datacenter "

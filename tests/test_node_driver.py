@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
@@ -26,8 +27,10 @@ from p2prec.core.publisher import Publisher
 from p2prec.core.sync import digest_of
 from p2prec.core.versions import VersionVector
 from p2prec.io import node as node_module
+from p2prec.io.checkpoint import CheckpointSnapshots
 from p2prec.io.curve import generate_node_keys
 from p2prec.io.node import CHECKPOINT_TURN_RETRY_S, NodeDriver, store_layout
+from p2prec.io.priority import sched_idle_available
 from p2prec.io.synthetic import SyntheticStream, run_stream, step_deltas
 from p2prec.io.transport import Envelope
 from p2prec.io.turns import HostTurns
@@ -234,6 +237,40 @@ def test_a_checkpoint_is_paced_at_its_build_rate(tmp_path: Path, mib_s: float) -
         assert started["event"] == "checkpoint_started" and started["shards"] == len(snapshots)
         assert done["event"] == "checkpoint_written" and done["shards"] == len(snapshots)
         assert done["mib"] == round(written / 2**20, 1) and done["took_s"] >= sum(pauses) - 0.01
+
+    run(tmp_path, body)
+
+
+@pytest.mark.skipif(not sched_idle_available(), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_checkpoint_builds_and_writes_on_an_idle_thread(tmp_path: Path, idle: bool) -> None:
+    """``mesh.checkpoint_sched_idle``: every snapshot build and shard write of a checkpoint
+    runs on one thread under SCHED_IDLE, below the replication loop (off: its policy)."""
+
+    async def body(mesh: Mesh) -> None:
+        await mesh.start_trainer({"mesh.checkpoint_sched_idle": idle})
+        trainer = mesh.trainer
+        assert trainer is not None
+        for _ in range(5):
+            mesh.publish_step()
+        seen: set[tuple[int, int]] = set()  # (thread id, policy) of each build and write
+        write, build = trainer.disk.write_shard, CheckpointSnapshots.build_rows
+
+        def recorded(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any) -> Any:
+                seen.add((threading.get_native_id(), os.sched_getscheduler(0)))
+                return fn(*args)
+
+            return call
+
+        trainer.disk.write_shard = recorded(write)  # type: ignore[method-assign]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(CheckpointSnapshots, "build_rows", recorded(build))
+            await trainer._checkpoint_in_steps()
+        assert list(trainer.disk.shard_dir.glob("*.snap"))
+        loop_policy = os.sched_getscheduler(0)
+        assert len(seen) == 1 and threading.get_native_id() not in {t for t, _ in seen}
+        assert {p for _, p in seen} == {os.SCHED_IDLE if idle else loop_policy}
 
     run(tmp_path, body)
 

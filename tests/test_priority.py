@@ -3,11 +3,15 @@ lowering threads of the test process itself would slow every later test."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from threading import get_native_id
 
 import orjson
 import pytest
+
+from p2prec.io.priority import background_executor, sched_idle_available
 
 CHILD = """
 import os, threading, orjson
@@ -44,3 +48,17 @@ def test_every_thread_but_the_kept_one_is_lowered_and_new_threads_inherit_it() -
     assert seen["main"] == min(19, base + 7)
     assert seen["spawned_by_main"] == seen["main"]  # threads started later inherit it
     assert seen["again"] == 0  # an increment of 0 changes nothing
+
+
+@pytest.mark.skipif(not sched_idle_available(), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_background_executor_runs_its_tasks_under_sched_idle(idle: bool) -> None:
+    """Only the executor's own thread changes policy (a thread of its own, not the caller)."""
+    before = os.sched_getscheduler(0)
+    executor = background_executor("test-background", idle=idle)
+    try:
+        policy, tid = executor.submit(lambda: (os.sched_getscheduler(0), get_native_id())).result()
+    finally:
+        executor.shutdown()
+    assert policy == (os.SCHED_IDLE if idle else before)
+    assert tid != get_native_id() and os.sched_getscheduler(0) == before

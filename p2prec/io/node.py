@@ -41,6 +41,7 @@ from p2prec.core.publisher import Publisher, StaleHead
 from p2prec.core.replica import Replica, ReplicaConfig
 from p2prec.io.checkpoint import Batch, CheckpointSnapshots
 from p2prec.io.persistence import NodeDisk
+from p2prec.io.priority import background_executor
 from p2prec.io.transport import Envelope, PeerClass, Transport
 from p2prec.io.turns import HostTurns
 from p2prec.log import get_logger
@@ -182,6 +183,8 @@ class NodeDriver:
             if mesh.checkpoint_turns_dir
             else None
         )
+        # The checkpoint's builds and writes: one thread, below replication (io/priority.py).
+        self._background = background_executor("checkpoint", idle=mesh.checkpoint_sched_idle)
         self._next_status = 0.0
         self._status_written_at = -math.inf
         self._status_shown = b""  # the state the last status.json showed (_status_state)
@@ -272,6 +275,7 @@ class NodeDriver:
                 self._final_checkpoint()
             finally:
                 self._write_applied()
+                self._background.shutdown(wait=False, cancel_futures=True)
                 self.disk.close()
                 if self._turns is not None:
                     self._turns.close()
@@ -365,16 +369,16 @@ class NodeDriver:
         while not snapshots.done:
             if self._closed:
                 return  # close() checkpoints everything against the old baseline
-            # Row snapshots built in a worker thread: ``CheckpointSnapshots.build_rows``.
+            # Row snapshots built off the loop: ``CheckpointSnapshots.build_rows``.
             batch = snapshots.take_dense()
-            batch += snapshots.confirm(await asyncio.to_thread(snapshots.build_rows))
+            batch += snapshots.confirm(await self._in_background(snapshots.build_rows))
             if batch:
-                await asyncio.to_thread(self._write_shards, batch)
+                await self._in_background(self._write_shards, batch)
             written_bytes += sum(parts_nbytes(parts) for _, parts in batch)
             await asyncio.sleep(self._checkpoint_pause_s(batch))
         # Off the loop: under other members' checkpoint writes, an fsync and the unlinks of
         # ~100 MB of log held the loop up to ~0.5 s (mesh_procs_bench, 13 members, one disk).
-        await asyncio.to_thread(self._finish_checkpoint_files, self._control_frames(), covered)
+        await self._in_background(self._finish_checkpoint_files, self._control_frames(), covered)
         self._checkpointed = baseline
         self.counters.checkpoints += 1
         took_s = round(time.monotonic() - started, 3)
@@ -382,6 +386,10 @@ class NodeDriver:
         log.info(
             "checkpoint_written", shards=len(changed), mib=mib, took_s=took_s, scans=snapshots.scans
         )
+
+    async def _in_background(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the checkpoint's thread (``mesh.checkpoint_sched_idle``)."""
+        return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
 
     def _checkpoint_pause_s(self, batch: Batch) -> float:
         """The pause after a batch of snapshots: its bytes at ``checkpoint_build_mib_s``."""

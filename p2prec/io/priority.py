@@ -1,4 +1,4 @@
-"""CPU priority of a node's threads: queries before replication.
+"""CPU priority of a node's threads: queries before replication, replication before checkpoints.
 
 A node serves queries on one thread (``p2prec.serve.server.start_server_thread``) and
 replicates on the others: the event loop that receives, verifies and applies deltas, ZeroMQ's
@@ -6,12 +6,20 @@ I/O thread (CURVE, TCP), the disk writers. On a busy CPU the scheduler then runs
 due; raising the nice value of the replication threads lets a query preempt them. Linux keeps a
 nice value per thread (``setpriority(PRIO_PROCESS, tid, ...)``) and a new thread inherits its
 creator's, so the executor threads the replication loop starts later are lowered too.
+
+Checkpoints are background work below replication (as RocksDB lowers its compaction threads:
+``Env::LowerThreadPoolCPUPriority``): ``background_executor`` runs them on a thread of their
+own under ``SCHED_IDLE``, which the scheduler runs only in what the other threads leave, at a
+weight of 3 against nice 19's 15, so a delta's path preempts them on a busy host. The thread is
+not starved: a host's idle time and that share still finish a checkpoint, only later.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 
 from p2prec.log import get_logger
 
@@ -53,3 +61,28 @@ def lower_other_threads(increment: int, keep: Collection[int]) -> int:
         changed += 1
     log.info("replication_threads_lowered", threads=changed, increment=increment)
     return changed
+
+
+def sched_idle_available() -> bool:
+    return hasattr(os, "SCHED_IDLE") and hasattr(os, "sched_setscheduler")
+
+
+def run_this_thread_idle() -> bool:
+    """Put the calling thread under ``SCHED_IDLE`` (Linux); False, logged, where the platform
+    has no such policy or refuses it: the thread runs on at its inherited priority."""
+    if not sched_idle_available():
+        log.warning("thread_priority_refused", policy="SCHED_IDLE", error="not on this platform")
+        return False
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.warning("thread_priority_refused", policy="SCHED_IDLE", error=str(exc))
+        return False
+    return True
+
+
+def background_executor(name: str, idle: bool) -> ThreadPoolExecutor:
+    """One worker thread named ``name`` for background work, under ``SCHED_IDLE`` when
+    ``idle`` (see the module docstring); started at its first task."""
+    initializer = run_this_thread_idle if idle else None
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=initializer)
