@@ -298,7 +298,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         server = await serve_http(
             driver, config.http, lambda: make_node_app(driver, config), threaded=threaded
         )
-        if threaded and server is not None:
+        if threaded and server is not None and not driver.is_publisher:
             _queries_first(config, server)
         await stop.wait()
     finally:
@@ -313,7 +313,9 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
 
 def _queries_first(config: Config, server: Server) -> None:
     """A node process with a serving thread: the GIL switches within the configured interval,
-    and every other thread runs at a lower CPU priority (``p2prec.io.priority``)."""
+    and every other thread runs at a lower CPU priority (``p2prec.io.priority``). Not the
+    publisher's: its replication is the root of every delta's path (as ``p2prec trainer``,
+    which serves operators on its loop at equal priority)."""
     from p2prec.io.priority import lower_other_threads
     from p2prec.serve.server import ThreadedServer
 

@@ -668,7 +668,8 @@ class HttpConfig(_Section):
         "`p2prec node` with a serving thread: raise the nice value of every other thread "
         "(replication, ZeroMQ I/O, disk writers) by this much, so a query preempts them on a "
         "busy CPU; they get what queries and other work leave (a node that falls behind "
-        "says so in /readyz). 0: equal priority.",
+        "says so in /readyz). Not role trainer: a publisher's replication is the root of "
+        "every delta's path. 0: equal priority.",
         ge=0,
         le=19,
     )

@@ -9,11 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from p2prec.cli import main
 from p2prec.io.heap import glibc_mallopt
 
 
-def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", ["trainer", "node"])
+def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path, role: str) -> None:
+    """...and a node's replication threads run below its serving thread, a publisher's not
+    (its replication is the root of every delta's path: ``cli._queries_first``)."""
     settings = [
         "--set",
         f"keys.curve_dir={tmp_path / 'curve'}",
@@ -23,7 +28,7 @@ def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
         f"keys.trainer_signing_key={tmp_path / 'trainer.key'}",
     ]
     assert main(["keygen", *settings]) == 0
-    assert main(["keygen", *settings, "--curve", "trainer"]) == 0
+    assert main(["keygen", *settings, "--curve", role]) == 0
     cmd = [
         sys.executable,
         "-m",
@@ -33,9 +38,9 @@ def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
         "local",
         *settings,
         "--set",
-        "node.id=trainer",
+        f"node.id={role}",
         "--set",
-        "node.role=trainer",
+        f"node.role={role}",
         "--set",
         "log.format=json",
         "--set",
@@ -56,8 +61,10 @@ def test_node_process_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
         if glibc_mallopt() is not None:  # freed memory kept for reuse (io/heap.py)
             assert heap and '"applied":true' in heap[0], heap
         os.kill(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)  # drains the debug lines while it stops
+        rest = proc.communicate(timeout=30)[1]  # drains the debug lines while it stops
         assert proc.returncode == 0
+        lowered = '"replication_threads_lowered"' in "".join(lines) + rest
+        assert lowered == (role == "node")
         assert (tmp_path / "state" / "shards").is_dir()  # checkpointed on the way out
     finally:
         if proc.poll() is None:
