@@ -179,6 +179,25 @@ def test_encode_sends_big_buffers_without_copy_and_packs_the_small() -> None:
     assert_same(msg, decode(frames, None, trust_unsigned=True))
 
 
+def test_a_packed_frame_with_nonzero_padding_is_refused_even_when_signed() -> None:
+    """The bytes between the small buffers of the packed frame are zero: one encoding per
+    message, whatever its sender (a signature covers the padding, not its canonical form)."""
+    msg = make_delta(np.random.default_rng(2), n=2)  # table v's rows: 3 x 2 float16, 12 bytes
+    frames = [bytes(f) for f in encode(msg, SIGNER)]
+    header = orjson.loads(frames[0])
+    pads: list[int] = []
+    offset = 0
+    for code, shape in header["b"]:  # every buffer of this delta is small: all in frame 2
+        pads += range(offset, offset + -offset % 8)
+        offset += -offset % 8 + int(np.prod(shape)) * np.dtype(code).itemsize
+    assert len(frames) == 3 and pads and offset == len(frames[2])
+    decode(resign(frames[0], frames[2:]), VERIFIER)  # re-signed as it was: accepted
+    for pad in (pads[0], pads[-1]):
+        padded = bytearray(frames[2])
+        padded[pad] = 1
+        expect_rejected(resign(frames[0], [bytes(padded)]), "padding bytes are not zero")
+
+
 def test_encode_converts_strided_and_big_endian() -> None:
     rng = np.random.default_rng(3)
     wide = rng.standard_normal((5, 8), dtype=np.float32)

@@ -299,7 +299,10 @@ def _unpacked(
                 raise RemoteProtocolError("frames and descriptors do not match: too few frames")
             placed.append(big)
             continue
-        offset += -offset % _PACK_ALIGN
+        pad = -offset % _PACK_ALIGN
+        if pad and any(packed[offset : offset + pad]):  # one encoding per message
+            raise RemoteProtocolError("packed frame: padding bytes are not zero")
+        offset += pad
         if offset + nbytes > packed.nbytes:
             raise RemoteProtocolError("packed frame and descriptors do not match: too short")
         placed.append(packed[offset : offset + nbytes])
