@@ -107,6 +107,16 @@ def test_volumes_hold_keys_and_state_at_the_configured_paths() -> None:
     assert f"keys:{keys_dir}" in compose["services"]["keygen"]["volumes"]
 
 
+def test_every_member_mounts_one_checkpoint_turns_volume_at_the_configured_dir() -> None:
+    """Members on one Docker host share its cores and disk: they take turns to checkpoint
+    (flocks in ``mesh.checkpoint_turns_dir``, one volume for all of them)."""
+    compose = load_compose()
+    turns_dir = load_config(str(ROOT / compose_config())).mesh.checkpoint_turns_dir
+    assert turns_dir and "checkpoint-turns" in compose["volumes"]
+    for name, service in mesh_services().items():
+        assert f"checkpoint-turns:{turns_dir}" in service["volumes"], name
+
+
 def test_keygen_makes_every_members_keys_once() -> None:
     compose = load_compose()
     script = compose["services"]["keygen"]["command"][0]
