@@ -31,6 +31,7 @@ from p2prec import __version__
 from p2prec.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:  # the serving modules load only in the commands that serve
+    from p2prec.io.node import NodeDriver
     from p2prec.serve.server import Server
 
 EXIT_OK = 0
@@ -281,6 +282,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_allow_list, driver)
     await driver.start()
     stream = None
     server: Server | None = None
@@ -309,6 +311,20 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream
         await driver.close()
+
+
+def _reload_allow_list(driver: NodeDriver) -> None:
+    """SIGHUP: re-read ``keys.curve_dir``, so a member added since the start may connect
+    without a restart of the mesh. A bad certificate is logged and the old list kept."""
+    from p2prec.log import get_logger
+
+    log = get_logger(__name__)
+    try:
+        allowed = driver.transport.reload_allow_list()
+    except (OSError, ValueError) as exc:
+        log.error("allow_list_reload_failed", error=str(exc), kept=True)
+        return
+    log.info("allow_list_reloaded", allowed=allowed)
 
 
 def _queries_first(config: Config, server: Server) -> None:
@@ -386,6 +402,7 @@ async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_allow_list, driver)
     await driver.start()
     trainer: Trainer | None = None
     server: Server | None = None
