@@ -437,7 +437,8 @@ class MeshConfig(_Section):
         True,
         "Build and write checkpoints on a thread under Linux's SCHED_IDLE (as RocksDB lowers "
         "its compaction threads), below replication: on a busy host a delta's path preempts "
-        "them and a checkpoint takes longer. false: the replication threads' priority.",
+        "them and a checkpoint takes longer; one that falls behind the log (the next is "
+        "already due) goes on at the replication threads' priority. false: always that.",
     )
     wan_uplink_mbit: float = _key(
         0.0,

@@ -242,17 +242,25 @@ def test_a_checkpoint_is_paced_at_its_build_rate(tmp_path: Path, mib_s: float) -
 
 
 @pytest.mark.skipif(not sched_idle_available(), reason="SCHED_IDLE is Linux's")
-@pytest.mark.parametrize("idle", [True, False])
-def test_a_checkpoint_builds_and_writes_on_an_idle_thread(tmp_path: Path, idle: bool) -> None:
+@pytest.mark.parametrize(("idle", "behind"), [(True, False), (True, True), (False, False)])
+def test_a_checkpoint_builds_and_writes_on_an_idle_thread_unless_it_falls_behind(
+    tmp_path: Path, idle: bool, behind: bool
+) -> None:
     """``mesh.checkpoint_sched_idle``: every snapshot build and shard write of a checkpoint
-    runs on one thread under SCHED_IDLE, below the replication loop (off: its policy)."""
+    runs on one thread under SCHED_IDLE, below the replication loop (off: its policy), but
+    at the loop's policy while the log written since the checkpoint began already asks for
+    the next one (here: any byte, with ``checkpoint_log_ratio`` tiny and no floor)."""
+    settings: dict[str, object] = {"mesh.checkpoint_sched_idle": idle}
+    if behind:
+        settings |= {"mesh.checkpoint_log_ratio": 1e-12, "mesh.checkpoint_log_min_bytes": 0}
 
     async def body(mesh: Mesh) -> None:
-        await mesh.start_trainer({"mesh.checkpoint_sched_idle": idle})
+        await mesh.start_trainer(settings)
         trainer = mesh.trainer
         assert trainer is not None
         for _ in range(5):
             mesh.publish_step()
+        assert trainer._checkpoint_behind() == behind  # logged since the (last) checkpoint
         seen: set[tuple[int, int]] = set()  # (thread id, policy) of each build and write
         write, build = trainer.disk.write_shard, CheckpointSnapshots.build_rows
 
@@ -270,7 +278,7 @@ def test_a_checkpoint_builds_and_writes_on_an_idle_thread(tmp_path: Path, idle: 
         assert list(trainer.disk.shard_dir.glob("*.snap"))
         loop_policy = os.sched_getscheduler(0)
         assert len(seen) == 1 and threading.get_native_id() not in {t for t, _ in seen}
-        assert {p for _, p in seen} == {os.SCHED_IDLE if idle else loop_policy}
+        assert {p for _, p in seen} == {os.SCHED_IDLE if idle and not behind else loop_policy}
 
     run(tmp_path, body)
 
