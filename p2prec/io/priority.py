@@ -10,8 +10,9 @@ creator's, so the executor threads the replication loop starts later are lowered
 Checkpoints are background work below replication (as RocksDB lowers its compaction threads:
 ``Env::LowerThreadPoolCPUPriority``): ``background_executor`` runs them on a thread of their
 own under ``SCHED_IDLE``, which the scheduler runs only in what the other threads leave, at a
-weight of 3 against nice 19's 15, so a delta's path preempts them on a busy host. The thread is
-not starved: a host's idle time and that share still finish a checkpoint, only later.
+weight of 3 against nice 19's 15, so a delta's path preempts them on a busy host. On a host
+kept busy that share is small: the node then goes on with a checkpoint that falls behind its
+log on a thread at the replication threads' priority (``NodeDriver._in_background``).
 """
 
 from __future__ import annotations
