@@ -300,8 +300,8 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
         server = await serve_http(
             driver, config.http, lambda: make_node_app(driver, config), threaded=threaded
         )
-        if threaded and server is not None and not driver.is_publisher:
-            _queries_first(config, server)
+        if threaded and server is not None:
+            _queries_first(config, server, lower=not driver.is_publisher)
         await stop.wait()
     finally:
         if server is not None:
@@ -327,18 +327,20 @@ def _reload_allow_list(driver: NodeDriver) -> None:
     log.info("allow_list_reloaded", allowed=allowed)
 
 
-def _queries_first(config: Config, server: Server) -> None:
+def _queries_first(config: Config, server: Server, lower: bool) -> None:
     """A node process with a serving thread: the GIL switches within the configured interval,
-    and every other thread runs at a lower CPU priority (``p2prec.io.priority``). Not the
-    publisher's: its replication is the root of every delta's path (as ``p2prec trainer``,
-    which serves operators on its loop at equal priority)."""
+    and, when ``lower``, every other thread runs at a lower CPU priority
+    (``p2prec.io.priority``). Not the publisher's: its replication is the root of every
+    delta's path (as ``p2prec trainer``, which serves operators on its loop at equal
+    priority)."""
     from p2prec.io.priority import lower_other_threads
     from p2prec.serve.server import ThreadedServer
 
     if not isinstance(server, ThreadedServer) or server.native_id is None:  # no serving thread
         return
     sys.setswitchinterval(config.http.gil_switch_interval_ms / 1000)
-    lower_other_threads(config.http.replication_nice, keep={server.native_id})
+    if lower:
+        lower_other_threads(config.http.replication_nice, keep={server.native_id})
 
 
 def _add_trainer_command(
