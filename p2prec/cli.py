@@ -279,10 +279,7 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
     signer = Signer.load(config.keys.trainer_signing_key) if config.node.role == "trainer" else None
     driver = NodeDriver(config, verifier, signer)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload_allow_list, driver)
+    _handle_signals(stop, driver)
     await driver.start()
     stream = None
     server: Server | None = None
@@ -311,6 +308,14 @@ async def _serve_node(config: Config, args: argparse.Namespace) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream
         await driver.close()
+
+
+def _handle_signals(stop: asyncio.Event, driver: NodeDriver) -> None:
+    """SIGINT and SIGTERM set ``stop``; SIGHUP re-reads the allow-list (on the running loop)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_allow_list, driver)
 
 
 def _reload_allow_list(driver: NodeDriver) -> None:
@@ -401,10 +406,7 @@ async def _serve_trainer(config: Config, args: argparse.Namespace) -> None:
     verifier = Verifier.load(config.keys.trainer_public_key)
     driver = NodeDriver(config, verifier, Signer.load(config.keys.trainer_signing_key))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload_allow_list, driver)
+    _handle_signals(stop, driver)
     await driver.start()
     trainer: Trainer | None = None
     server: Server | None = None
