@@ -283,6 +283,13 @@ def test_a_checkpoint_builds_and_writes_on_an_idle_thread_unless_it_falls_behind
     run(tmp_path, body)
 
 
+@pytest.mark.parametrize("release", [True, False])
+def test_the_disk_releases_written_pages_as_configured(tmp_path: Path, release: bool) -> None:
+    """``node.release_written_pages`` reaches the disk (its effect: ``test_pagecache``)."""
+    config = make_config(tmp_path, "a1", "dc-a", [], extra={"node.release_written_pages": release})
+    assert NodeDriver(config, Signer.generate().verifier()).disk.release_pages is release
+
+
 def checkpointing(driver: NodeDriver) -> asyncio.Task[None] | None:
     return driver._checkpointing
 

@@ -157,7 +157,7 @@ class NodeDriver:
         self.signer = signer  # the trainer's: only the publisher signs
         self.limits = config.wire.limits()
         self.counters = DriverCounters()
-        self.disk = NodeDisk(config.node.data_dir)
+        self.disk = NodeDisk(config.node.data_dir, release_pages=config.node.release_written_pages)
         self.transport = Transport.from_config(config, self._on_message, self._peer_class)
         self.replica: Replica | None = None
         self.membership: Membership | None = None  # the replica's, typed (status, tests)

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from p2prec.io.pagecache import release
 from p2prec.io.segment import FrameBytes, LogSegment
 from p2prec.model.snapshot import SnapshotError, restore_shard, snapshot_shards
 from p2prec.model.store import ParamStore
@@ -40,9 +41,12 @@ class DiskError(RuntimeError):
 class NodeDisk:
     """Snapshots and the message log of one node (see module docstring)."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], fsync: bool = True) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], fsync: bool = True, release_pages: bool = True
+    ) -> None:
         self.root = Path(data_dir)
         self.fsync = fsync
+        self.release_pages = release_pages  # written files leave the page cache: pagecache.py
         self.shard_dir = self.root / "shards"
         self.log_dir = self.root / "log"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,8 @@ class NodeDisk:
     def append(self, frames: Sequence[FrameBytes]) -> None:
         """Log one applied signed message (its frames, as received)."""
         if self._log is None:
-            self._log = LogSegment(self.log_dir / f"{self._segment:012d}.log", _MAGIC)
+            path = self.log_dir / f"{self._segment:012d}.log"
+            self._log = LogSegment(path, _MAGIC, self.release_pages)
         # In the OS when it returns: a SIGKILL must not take back what was applied.
         self.bytes_logged += self._log.write(_record_parts(frames))
 
@@ -97,7 +102,7 @@ class NodeDisk:
     def write_shard(self, shard: int, parts: Sequence[FrameBytes]) -> None:
         """Replace one shard's snapshot, given as the parts it joins, atomically (safe to call
         from a worker thread while nothing else changes the parts)."""
-        _write_atomic(self.shard_dir / f"{shard}.snap", parts, self.fsync)
+        _write_atomic(self.shard_dir / f"{shard}.snap", parts, self.fsync, self.release_pages)
 
     @staticmethod
     def drop(segments: Sequence[Path]) -> None:
@@ -108,7 +113,7 @@ class NodeDisk:
     def save_control(self, messages: Sequence[Sequence[FrameBytes]]) -> None:
         """Keep the signed rollbacks and newest validation (fencing survives a restart)."""
         records = [_MAGIC] + [_record(frames) for frames in messages]
-        _write_atomic(self.root / "control.log", records, self.fsync)
+        _write_atomic(self.root / "control.log", records, self.fsync, self.release_pages)
 
     def load_control(self) -> list[list[bytes]]:
         path = self.root / "control.log"
@@ -192,7 +197,9 @@ def _parse_record(record: bytes) -> list[bytes] | None:
     return frames if offset == len(record) else None
 
 
-def _write_atomic(path: Path, parts: Sequence[FrameBytes], fsync: bool) -> None:
+def _write_atomic(
+    path: Path, parts: Sequence[FrameBytes], fsync: bool, release_pages: bool
+) -> None:
     # A name of its own per writer thread: two writers never share a temporary file.
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     with tmp.open("wb") as handle:
@@ -201,4 +208,6 @@ def _write_atomic(path: Path, parts: Sequence[FrameBytes], fsync: bool) -> None:
         handle.flush()
         if fsync:
             os.fsync(handle.fileno())
+        if release_pages:  # after the fsync: all of it clean, all of it dropped
+            release(handle.fileno())
     os.replace(tmp, path)

@@ -6,7 +6,8 @@ append waited up to 13 ms on the event loop (measured; writes into space allocat
 ``posix_fallocate`` waited at most 0.16 ms under the same fsyncs). So a segment allocates
 ``PREALLOC_BYTES`` at a time and writes each record at its offset with ``pwritev`` (no join
 of the frames either). The allocated tail reads as zeros, which end a replay like a torn
-record does (a record's size is never 0); ``close`` trims it.
+record does (a record's size is never 0); ``close`` trims it. What is written leaves the page
+cache a chunk at a time (``io/pagecache.py``) unless the segment is told to keep it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from p2prec.io.pagecache import AppendRelease
+
 FrameBytes = bytes | memoryview
 PREALLOC_BYTES = 16 << 20  # log space allocated ahead at a time
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
@@ -24,11 +27,12 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
 class LogSegment:
     """A log segment file open for appends (see module docstring)."""
 
-    def __init__(self, path: Path, header: bytes) -> None:
+    def __init__(self, path: Path, header: bytes, release_pages: bool = True) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         self.offset = os.fstat(self.fd).st_size  # a new segment: 0
         self.allocated = self.offset
         self._can_preallocate = True
+        self._release = AppendRelease() if release_pages else None
         if self.offset == 0:
             self.write([header])
 
@@ -45,6 +49,8 @@ class LogSegment:
             written += done
             views = _skip(views, done)
         self.offset += size
+        if self._release is not None:
+            self._release.written(self.fd, self.offset)
         return size
 
     def fsync(self) -> None:
