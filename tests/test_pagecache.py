@@ -5,6 +5,7 @@ rather than read a page that is not in the cache.
 """
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from p2prec.io.persistence import NodeDisk
 
 CHUNK = RELEASE_CHUNK_BYTES
 PAGE_BYTES = 4096
+DEADLINE_S = 20.0
 
 
 def cached(path: Path, offset: int) -> bool:
@@ -27,6 +29,13 @@ def cached(path: Path, offset: int) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def settle(disk: NodeDisk) -> None:
+    """Wait for the advice the log's worker thread may be giving."""
+    release = disk._log._release if disk._log is not None else None
+    if release is not None and release.pending is not None:
+        release.pending.result()
 
 
 @pytest.fixture
@@ -49,13 +58,17 @@ def disk_dir(tmp_path: Path) -> Path:
 
 
 def test_each_chunk_is_advised_when_it_fills_and_while_the_next_two_fill(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     advised: list[tuple[int, int]] = []
     monkeypatch.setattr(pagecache, "release", lambda fd, start, n: advised.append((start, n)))
     release = AppendRelease()
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
     for end in [100, CHUNK - 1, CHUNK, CHUNK + 5, 2 * CHUNK + 1, 3 * CHUNK, 4 * CHUNK, 7 * CHUNK]:
-        release.written(3, end)
+        release.written(fd, end)
+        if release.pending is not None:
+            release.pending.result()  # the worker's advice done
+    os.close(fd)
     assert [(start // CHUNK, (start + n) // CHUNK) for start, n in advised] == [
         (0, 1),  # the first chunk filled: handed to writeback
         (0, 2),
@@ -63,6 +76,33 @@ def test_each_chunk_is_advised_when_it_fills_and_while_the_next_two_fill(
         (1, 4),
         (2, 7),  # one large write filled three chunks
     ]
+
+
+def test_an_advice_waits_while_the_worker_is_on_the_last_and_then_covers_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    advised: list[tuple[int, int]] = []
+    busy = threading.Event()
+
+    def slow_release(fd: int, start: int, nbytes: int) -> None:
+        busy.wait(DEADLINE_S)
+        advised.append((start, nbytes))
+
+    monkeypatch.setattr(pagecache, "release", slow_release)
+    release = AppendRelease()
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    release.written(fd, CHUNK)
+    first = release.pending
+    release.written(fd, 2 * CHUNK)  # the worker is still on the first chunk: not now
+    assert release.pending is first and release.advised_to == CHUNK
+    busy.set()
+    assert first is not None
+    first.result()
+    release.written(fd, 2 * CHUNK + 1)
+    assert release.pending is not first and release.pending is not None
+    release.pending.result()
+    os.close(fd)
+    assert advised == [(0, CHUNK), (0, 2 * CHUNK)]
 
 
 @pytest.mark.parametrize("release_pages", [True, False])
@@ -73,11 +113,12 @@ def test_a_log_leaves_the_page_cache_two_chunks_behind_its_end(
     record = [b"delta", bytes(1 << 20)]
     for _ in range(4 * CHUNK >> 20):
         disk.append(record)
-    disk.flush()  # fsync=False: a no-op
+        settle(disk)
     assert disk._log is not None
     os.fsync(disk._log.fd)  # every chunk so far written back: the next advice drops them
     for _ in range(CHUNK >> 20):
         disk.append(record)
+        settle(disk)
     (path,) = (disk_dir / "log").glob("*.log")
     end = disk._log.offset
     assert [cached(path, at) for at in (2 * CHUNK, 3 * CHUNK + 9)] == [not release_pages] * 2
