@@ -5,8 +5,8 @@ they grew by the log's rate until memory was full: 175 MB/s across 13 members of
 72 s ``mesh_procs_bench`` run (14 MB/s per member at 50 deltas/s of 1,000 rows), 11.5 GB by
 the end. From about the 30th second the kernel's share of the host's CPU rose from 12% to
 30-48%: each new page costs a fault, and in a VM that reports freed memory to its host, one
-there too (``heap.py``: 2.3 s per GiB). Released, the cache stayed at 1.4 GB and the kernel's
-share at 10-13%. PostgreSQL advises its WAL segments out of the cache in the same way.
+there too (``heap.py``: 2.3 s per GiB). Released, the cache stayed at 1.2-1.4 GB and the
+kernel's share at 10-18%. PostgreSQL advises its WAL segments out of the cache in the same way.
 
 ``POSIX_FADV_DONTNEED`` hands a range's dirty pages to writeback and drops its clean ones;
 pages still dirty or under writeback stay. So an append-only file is advised a chunk at a
