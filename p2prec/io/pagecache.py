@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+
+from p2prec.io.priority import background_executor
 
 RELEASE_CHUNK_BYTES = 8 << 20  # an append-only file is advised this much at a time
 _ADVISED_AGAIN_CHUNKS = 2  # a chunk is advised again while this many after it fill
 # The process's one thread that advises logs' pages away, started at its first task (from
 # the thread that appends, whose CPU priority it inherits).
-_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2prec-pagecache")
+_WORKER = background_executor("pagecache", idle=False)
 
 
 def release(fd: int, offset: int = 0, nbytes: int = 0) -> None:
